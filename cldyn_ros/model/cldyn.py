@@ -1,0 +1,158 @@
+"""CLDyN: the VFN backbone with optional task-driven RSC compensation."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .rsc import RSC
+from .vfn import VFN
+
+
+@dataclass(frozen=True)
+class CLDyNConfig:
+    """Architecture settings; stored in every checkpoint.
+
+    ``num_blocks`` is the paper's L (dense blocks per encoder and in the decoder),
+    ``branches`` its M (dynamic-conv branches per A2SI block).
+    """
+
+    num_blocks: int = 2
+    channels: int = 8
+    with_rsc: bool = True
+    branches: int = 4
+    task_dim: int = 256
+    embed_dim: int = 128
+    bank_size: int = 32
+    basis_dim: int = 256
+    kernel_hidden: int = 32
+    temperature: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.num_blocks < 1:
+            raise ValueError(f"num_blocks must be >= 1, got {self.num_blocks}")
+        if self.with_rsc and self.num_blocks < 2:
+            raise ValueError("RSC sits between dense blocks: it needs num_blocks >= 2")
+        if self.branches < 1:
+            raise ValueError(f"branches must be >= 1, got {self.branches}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CLDyNConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown architecture settings: {sorted(unknown)}")
+        return cls(**data)
+
+
+class CLDyN(nn.Module):
+    """Closed-loop dynamic fusion network.
+
+    Inputs are the infrared image and the visible luminance, ``(B, 1, H, W)`` in ``[0, 1]``.
+    Without task vectors the output is the plain VFN fusion. With ``T`` task vectors the
+    stems and the first dense block of each encoder (which do not depend on the task) and the
+    first A2SI image embedding run once, and the rest runs on ``T x B`` samples, task-major.
+    """
+
+    def __init__(self, config: CLDyNConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or CLDyNConfig()
+        c = self.config
+        self.vfn = VFN(c.num_blocks, c.channels)
+        self.rsc = (
+            RSC(
+                c.num_blocks,
+                c.channels,
+                c.branches,
+                c.task_dim,
+                c.embed_dim,
+                c.bank_size,
+                c.basis_dim,
+                c.kernel_hidden,
+                c.temperature,
+            )
+            if c.with_rsc
+            else None
+        )
+
+    def forward(self, ir: Tensor, vis_y: Tensor) -> Tensor:
+        """Plain VFN fusion: ``(B, 1, H, W) x 2 -> (B, 1, H, W)``."""
+        return self.vfn(ir, vis_y)
+
+    def fuse_tasks(
+        self, ir: Tensor, vis_y: Tensor, task_vectors: Tensor, strength: Tensor | float = 1.0
+    ) -> Tensor:
+        """Compensated fusion for several tasks at once, sharing the task-independent work.
+
+        Args:
+            ir, vis_y: ``(B, 1, H, W)`` in ``[0, 1]``.
+            task_vectors: ``(T, task_dim)``.
+            strength: scalar or ``(T,)`` compensation strengths in ``[0, 1]``.
+
+        Returns:
+            ``(T, B, 1, H, W)``.
+        """
+        t, b = task_vectors.shape[0], ir.shape[0]
+        strengths = torch.as_tensor(strength, dtype=ir.dtype, device=ir.device).expand(t)
+        fused = self._compensated(
+            ir,
+            vis_y,
+            task_vectors.to(ir.dtype).repeat_interleave(b, dim=0),
+            strengths.repeat_interleave(b),
+            repeats=t,
+        )
+        return fused.view(t, b, *fused.shape[1:])
+
+    def fuse_per_sample(
+        self, ir: Tensor, vis_y: Tensor, task_features: Tensor, strength: Tensor | float = 1.0
+    ) -> Tensor:
+        """Compensated fusion with one task vector per sample (closed-loop training).
+
+        Args:
+            ir, vis_y: ``(N, 1, H, W)``.
+            task_features: ``(N, task_dim)``.
+            strength: scalar or ``(N,)``.
+
+        Returns:
+            ``(N, 1, H, W)``.
+        """
+        n = ir.shape[0]
+        strengths = torch.as_tensor(strength, dtype=ir.dtype, device=ir.device).expand(n)
+        return self._compensated(ir, vis_y, task_features, strengths, repeats=1)
+
+    def _compensated(
+        self, ir: Tensor, vis_y: Tensor, tasks: Tensor, strengths: Tensor, repeats: int
+    ) -> Tensor:
+        """Run the encoders with compensation on ``N = repeats x B`` samples, task-major.
+
+        The stem, the first dense block and the first image embedding depend only on the
+        frame, so they run on the ``B`` frames and are repeated. ``-> (N, 1, H, W)``.
+        """
+        if self.rsc is None:
+            raise RuntimeError("this model has no RSC: use forward() for plain fusion")
+        features = []
+        for modality, encoder, x in (
+            ("ir", self.vfn.encoder_ir, ir),
+            ("vis", self.vfn.encoder_vis, vis_y),
+        ):
+            f = encoder.blocks[0](encoder.stem(x))
+            image_emb = self.rsc.block(modality, 0).embed_image(f).repeat(repeats, 1)
+            f = f.repeat(repeats, 1, 1, 1)
+            for i, block in enumerate(encoder.blocks[1:]):
+                emb = image_emb if i == 0 else None
+                f = block(self.rsc.compensate(modality, i, f, tasks, strengths, emb))
+            features.append(f)
+        return self.vfn.fuse_features(*features)
+
+
+def count_parameters(module: nn.Module | None) -> int:
+    """Number of trainable parameters (0 for ``None``)."""
+    if module is None:
+        return 0
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

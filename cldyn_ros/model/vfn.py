@@ -1,0 +1,120 @@
+"""VFN: the unsupervised fusion backbone of CLDyN (stage 1).
+
+With ``num_blocks = 2`` (the paper's L) the network has exactly 34,761 trainable
+parameters. Everything runs at full resolution; any ``H x W`` works.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .layers import ConvBNAct, DenseBlock, sobel_magnitude
+
+
+class Encoder(nn.Module):
+    """Per-modality feature extractor: stem ``1 -> 4 -> 8`` channels, then ``L`` dense blocks.
+
+    The stem and the blocks are exposed separately because RSC compensation is inserted
+    between consecutive dense blocks. Shapes: ``(N, 1, H, W) -> (N, 8, H, W)``.
+    """
+
+    def __init__(self, num_blocks: int = 2, channels: int = 8) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(ConvBNAct(1, 4), ConvBNAct(4, channels))
+        self.blocks = nn.ModuleList(DenseBlock(channels) for _ in range(num_blocks))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class AttentionFusion(nn.Module):
+    """Gradient-aware channel x spatial attention on the concatenated modality features.
+
+    ``g = F + |grad F|`` (Sobel magnitude per channel) sharpens the features the attention
+    looks at; the channel attention is ``MLP_a(avgpool g) + MLP_m(maxpool g)`` (global pools)
+    and the spatial attention ``Blk_a(avgpool3x3 g) + Blk_m(maxpool3x3 g)``; the output is
+    ``g * sigmoid(channel * spatial)``. The method doc leaves open where the gradient enters;
+    adding it to the features is our choice and costs no parameters.
+    Shapes: ``(N, 16, H, W) -> (N, 16, H, W)``.
+    """
+
+    def __init__(self, channels: int = 16, hidden: int = 32) -> None:
+        super().__init__()
+        self.mlp_avg = self._mlp(channels, hidden)
+        self.mlp_max = self._mlp(channels, hidden)
+        self.spatial_avg = self._conv_block(channels, hidden)
+        self.spatial_max = self._conv_block(channels, hidden)
+
+    @staticmethod
+    def _mlp(channels: int, hidden: int) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1)
+        )
+
+    @staticmethod
+    def _conv_block(channels: int, hidden: int) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Conv2d(channels, hidden, 3, padding=1, padding_mode="reflect"),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, channels, 3, padding=1, padding_mode="reflect"),
+        )
+
+    def forward(self, features: Tensor) -> Tensor:
+        g = features + sobel_magnitude(features)
+        channel = self.mlp_avg(g.mean(dim=(2, 3), keepdim=True)) + self.mlp_max(
+            g.amax(dim=(2, 3), keepdim=True)
+        )
+        spatial = self.spatial_avg(
+            F.avg_pool2d(g, 3, stride=1, padding=1, count_include_pad=False)
+        ) + self.spatial_max(F.max_pool2d(g, 3, stride=1, padding=1))
+        return g * torch.sigmoid(channel * spatial)
+
+
+class Decoder(nn.Module):
+    """Reconstruction: ``16 -> 8`` channels, ``L`` dense blocks, ``8 -> 4 -> 1``, then
+    ``(tanh + 1) / 2`` so the fused luminance lies in ``[0, 1]``.
+    Shapes: ``(N, 16, H, W) -> (N, 1, H, W)``.
+    """
+
+    def __init__(self, num_blocks: int = 2, channels: int = 8) -> None:
+        super().__init__()
+        self.head = ConvBNAct(2 * channels, channels)
+        self.blocks = nn.Sequential(*(DenseBlock(channels) for _ in range(num_blocks)))
+        self.tail = nn.Sequential(
+            ConvBNAct(channels, channels // 2),
+            nn.Conv2d(channels // 2, 1, 3, padding=1, padding_mode="reflect"),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.tail(self.blocks(self.head(x)))
+        return (torch.tanh(x) + 1.0) / 2.0
+
+
+class VFN(nn.Module):
+    """Visible-infrared fusion network.
+
+    ``forward(ir, vis_y)`` takes the infrared image and the visible luminance, both
+    ``(N, 1, H, W)`` in ``[0, 1]``, and returns the fused luminance ``(N, 1, H, W)`` in
+    ``[0, 1]``. The encoders are separate modules (separate weights per modality) so
+    :class:`~cldyn_ros.model.cldyn.CLDyN` can insert compensation between their blocks.
+    """
+
+    def __init__(self, num_blocks: int = 2, channels: int = 8) -> None:
+        super().__init__()
+        self.num_blocks = num_blocks
+        self.encoder_ir = Encoder(num_blocks, channels)
+        self.encoder_vis = Encoder(num_blocks, channels)
+        self.fusion = AttentionFusion(2 * channels, 4 * channels)
+        self.decoder = Decoder(num_blocks, channels)
+
+    def fuse_features(self, f_ir: Tensor, f_vis: Tensor) -> Tensor:
+        """Attention fusion and reconstruction: ``2 x (N, 8, H, W) -> (N, 1, H, W)``."""
+        return self.decoder(self.fusion(torch.cat([f_ir, f_vis], dim=1)))
+
+    def forward(self, ir: Tensor, vis_y: Tensor) -> Tensor:
+        return self.fuse_features(self.encoder_ir(ir), self.encoder_vis(vis_y))

@@ -1,0 +1,253 @@
+"""Stage 1: unsupervised training of the VFN backbone on infrared-visible pairs.
+
+Resumable: a training-state file next to the output (``<out>.state.pt``) holds the model,
+optimiser, step counter, random state and history; re-running the same command continues
+from it. The final weights go to ``<out>`` as a normal checkpoint with provenance metadata.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from ..checkpoint import save_checkpoint
+from ..engine import thermal_to_unit
+from ..imaging.io import find_pairs, read_color, read_thermal
+from ..imaging.thermal import ThermalNormalizer
+from ..model import CLDyN, CLDyNConfig, FusionLoss, rgb_to_ycbcr
+
+
+@dataclass
+class VFNTrainConfig:
+    """Settings of a stage-1 run (stored in the checkpoint metadata)."""
+
+    ir_dir: str
+    vi_dir: str
+    out: str
+    exclude: str | None = None  # text file of pair names never to train on (a test split)
+    epochs: int = 100
+    batch_size: int = 16
+    crop: int = 256
+    resize: int | None = 512  # pairs are resized to resize x resize before cropping
+    lr: float = 1e-3
+    intensity_weight: float = 0.2
+    gradient_weight: float = 1.0
+    val_fraction: float = 0.1
+    seed: int = 0
+    max_minutes: float | None = None  # stop (and save) after this much training time
+    checkpoint_every: int = 50  # steps between training-state saves
+    threads: int | None = None
+    device: str = "cpu"
+    num_blocks: int = 2
+
+
+@dataclass
+class PairSet:
+    """Pairs as float tensors ``(1, H, W)`` in ``[0, 1]``: infrared and visible luminance."""
+
+    names: list[str]
+    ir: list[Tensor] = field(default_factory=list)
+    vis_y: list[Tensor] = field(default_factory=list)
+
+
+def load_pairs(
+    ir_dir: str | Path,
+    vi_dir: str | Path,
+    exclude: Sequence[str] = (),
+    resize: int | None = None,
+) -> PairSet:
+    """Read matched pairs (by file stem), skipping names in ``exclude``.
+
+    Infrared goes through :func:`~cldyn_ros.engine.thermal_to_unit` (``auto`` mode), exactly
+    as the engine prepares it at inference.
+    """
+    listing = find_pairs(Path(ir_dir), Path(vi_dir))
+    excluded = {Path(n).stem for n in exclude}
+    pairs = PairSet(names=[])
+    for name, ir_file, vi_file in listing.pairs:
+        if name in excluded:
+            continue
+        ir = read_thermal(ir_file)
+        rgb = read_color(vi_file)
+        ir_f = thermal_to_unit(ir, ThermalNormalizer())  # as the engine does at inference
+        ir_t = torch.from_numpy(np.ascontiguousarray(ir_f))[None, None]
+        rgb_t = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0
+        y = rgb_to_ycbcr(rgb_t)[:, :1]
+        if ir_t.shape[-2:] != y.shape[-2:]:
+            ir_t = F.interpolate(ir_t, size=y.shape[-2:], mode="bilinear", align_corners=False)
+        if resize:
+            size = (resize, resize)
+            ir_t = F.interpolate(ir_t, size=size, mode="bilinear", align_corners=False)
+            y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+        pairs.names.append(name)
+        pairs.ir.append(ir_t[0].clamp(0, 1))
+        pairs.vis_y.append(y[0].clamp(0, 1))
+    return pairs
+
+
+def random_batch(
+    pairs: PairSet, batch_size: int, crop: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """Random crops with random flips and 90-degree rotations: two ``(B, 1, crop, crop)``."""
+    irs, ys = [], []
+    for _ in range(batch_size):
+        i = int(torch.randint(len(pairs.names), (1,), generator=generator))
+        ir, y = pairs.ir[i], pairs.vis_y[i]
+        h, w = ir.shape[-2:]
+        ch, cw = min(crop, h), min(crop, w)
+        top = int(torch.randint(h - ch + 1, (1,), generator=generator))
+        left = int(torch.randint(w - cw + 1, (1,), generator=generator))
+        pair = torch.cat([ir, y])[:, top : top + ch, left : left + cw]
+        if (ch, cw) != (crop, crop):
+            pair = F.interpolate(pair[None], size=(crop, crop), mode="bilinear")[0]
+        if torch.rand(1, generator=generator) < 0.5:
+            pair = pair.flip(-1)
+        if torch.rand(1, generator=generator) < 0.5:
+            pair = pair.flip(-2)
+        pair = torch.rot90(pair, int(torch.randint(4, (1,), generator=generator)), (-2, -1))
+        irs.append(pair[:1])
+        ys.append(pair[1:])
+    return torch.stack(irs), torch.stack(ys)
+
+
+def validation_batches(pairs: PairSet, crop: int) -> list[tuple[Tensor, Tensor]]:
+    """Fixed centre crops of the held-out pairs, one batch per pair."""
+    out = []
+    for ir, y in zip(pairs.ir, pairs.vis_y, strict=True):
+        h, w = ir.shape[-2:]
+        ch, cw = min(crop, h), min(crop, w)
+        top, left = (h - ch) // 2, (w - cw) // 2
+        out.append((ir[None, :, top : top + ch, left : left + cw],
+                    y[None, :, top : top + ch, left : left + cw]))
+    return out
+
+
+def split_pairs(pairs: PairSet, val_fraction: float, seed: int) -> tuple[PairSet, PairSet]:
+    """Deterministic train / validation split by name."""
+    order = list(range(len(pairs.names)))
+    random.Random(seed).shuffle(order)
+    n_val = int(round(len(order) * val_fraction)) if len(order) > 1 else 0
+    if val_fraction > 0 and len(order) > 1:
+        n_val = max(1, n_val)
+    picks = (sorted(order[n_val:]), sorted(order[:n_val]))
+    return tuple(  # type: ignore[return-value]
+        PairSet([pairs.names[i] for i in idx], [pairs.ir[i] for i in idx],
+                [pairs.vis_y[i] for i in idx])
+        for idx in picks
+    )
+
+
+def train_vfn(config: VFNTrainConfig, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) stage-1 training; returns a summary dict."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    out = Path(config.out)
+    state_path = out.with_name(out.name + ".state.pt")
+    log_path = out.with_name(out.stem + ".train.csv")
+    exclude = []
+    if config.exclude:
+        exclude = Path(config.exclude).read_text().split()
+    pairs = load_pairs(config.ir_dir, config.vi_dir, exclude, config.resize)
+    if not pairs.names:
+        raise ValueError(f"no image pairs found in {config.ir_dir} and {config.vi_dir}")
+    train, val = split_pairs(pairs, config.val_fraction, config.seed)
+    val_batches = validation_batches(val, config.crop)
+
+    device = torch.device(config.device)
+    torch.manual_seed(config.seed)
+    model = CLDyN(CLDyNConfig(num_blocks=config.num_blocks, with_rsc=False)).to(device)
+    optim = torch.optim.Adam(model.parameters(), lr=config.lr)
+    loss_fn = FusionLoss(config.intensity_weight, config.gradient_weight)
+    generator = torch.Generator().manual_seed(config.seed)
+    steps_per_epoch = max(1, math.ceil(len(train.names) / config.batch_size))
+    total_steps = config.epochs * steps_per_epoch
+    step, elapsed, history = 0, 0.0, []
+    if state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optim.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        step, elapsed, history = state["step"], state["elapsed"], list(state["history"])
+
+    def save_state() -> None:
+        tmp = state_path.with_name(state_path.name + ".tmp")
+        torch.save({"model": model.state_dict(), "optimizer": optim.state_dict(),
+                    "generator": generator.get_state(), "step": step, "elapsed": elapsed,
+                    "history": history}, tmp)
+        tmp.replace(state_path)
+
+    budget = None if config.max_minutes is None else config.max_minutes * 60.0
+    bar = tqdm(total=total_steps, initial=step, disable=not progress, desc="train vfn",
+               unit="step")
+    running = 0.0
+    model.train()
+    while step < total_steps and (budget is None or elapsed < budget):
+        t0 = time.perf_counter()
+        ir, y = random_batch(train, config.batch_size, config.crop, generator)
+        ir, y = ir.to(device), y.to(device)
+        loss = loss_fn(model(ir, y), ir, y)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+        step += 1
+        elapsed += time.perf_counter() - t0
+        running += loss.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % steps_per_epoch == 0:
+            val_loss = evaluate_loss(model, loss_fn, val_batches, device)
+            history.append({"epoch": step // steps_per_epoch, "step": step,
+                            "train_loss": running / steps_per_epoch, "val_loss": val_loss,
+                            "minutes": elapsed / 60.0})
+            running = 0.0
+            _write_log(log_path, history)
+            bar.write(f"epoch {history[-1]['epoch']}: train {history[-1]['train_loss']:.4f} "
+                      f"val {val_loss:.4f}")
+        if step % config.checkpoint_every == 0:
+            save_state()
+    bar.close()
+    save_state()
+    metadata = {
+        "trained_on": {"ir_dir": config.ir_dir, "vi_dir": config.vi_dir,
+                       "train_pairs": len(train.names), "val_pairs": len(val.names),
+                       "excluded": config.exclude},
+        "training": {"stage": "vfn", **asdict(config), "steps": step,
+                     "minutes": round(elapsed / 60.0, 1), "history": history[-5:]},
+    }
+    save_checkpoint(out, model, {}, metadata)
+    return {"steps": step, "minutes": elapsed / 60.0, "history": history, "out": str(out)}
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model: CLDyN, loss_fn: FusionLoss, batches: list[tuple[Tensor, Tensor]], device: torch.device
+) -> float:
+    """Mean loss over ``batches`` in eval mode (restores train mode afterwards)."""
+    if not batches:
+        return float("nan")
+    model.eval()
+    total = 0.0
+    for ir, y in batches:
+        ir, y = ir.to(device), y.to(device)
+        total += loss_fn(model(ir, y), ir, y).item()
+    model.train()
+    return total / len(batches)
+
+
+def _write_log(path: Path, history: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
