@@ -59,16 +59,23 @@ class FusionResult:
     """Fused outputs of one frame.
 
     ``images`` maps each request label to an ``H x W x 3`` uint8 image in the requested
-    channel order; ``fused_y`` is ``(T, 1, H, W)`` on the engine's device, and ``ir``,
-    ``vis_y`` are the network inputs ``(1, 1, H, W)`` (for metrics); ``timings`` are
-    milliseconds per stage.
+    channel order; ``fused_y`` is ``(T, 1, H, W)`` on the engine's device, ``ir`` the
+    network's infrared input ``(1, 1, H, W)`` and ``ycbcr`` the colour frame ``(1, 3, H, W)``
+    (for metrics and for rendering other fusions with :meth:`FusionEngine.render`);
+    ``timings`` are milliseconds per stage.
     """
 
     images: dict[str, np.ndarray]
     fused_y: Tensor
     ir: Tensor
-    vis_y: Tensor
+    ycbcr: Tensor
+    color_order: str = "rgb"
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def vis_y(self) -> Tensor:
+        """Visible luminance ``(1, 1, H, W)``."""
+        return self.ycbcr[:, :1]
 
 
 def select_device(device: str = "auto") -> torch.device:
@@ -238,13 +245,18 @@ class FusionEngine:
         with self._timed(timings, "fuse"), self._autocast():
             fused_y = self._fuse_tensors(ir, vis_y, reqs)
         with self._timed(timings, "postprocess"):
-            rgb = ycbcr_to_rgb(fused_y, ycbcr[:, 1:2], ycbcr[:, 2:3])
-            if color_order == "bgr":
-                rgb = rgb.flip(1)
-            images_t = (rgb * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8)
-            images_np = images_t.permute(0, 2, 3, 1).cpu().numpy()
+            images_np = self.render(fused_y, ycbcr, color_order)
         images = {r.label: images_np[i] for i, r in enumerate(reqs)}
-        return FusionResult(images, fused_y, ir, vis_y, timings)
+        return FusionResult(images, fused_y, ir, ycbcr, color_order, timings)
+
+    @staticmethod
+    def render(fused_y: Tensor, ycbcr: Tensor, color_order: str = "rgb") -> np.ndarray:
+        """Fused luminance ``(T, 1, H, W)`` + the frame's chroma -> ``(T, H, W, 3)`` uint8."""
+        rgb = ycbcr_to_rgb(fused_y.float(), ycbcr[:, 1:2], ycbcr[:, 2:3])
+        if color_order == "bgr":
+            rgb = rgb.flip(1)
+        images = (rgb * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8)
+        return images.permute(0, 2, 3, 1).cpu().numpy()
 
     def _preprocess(
         self, thermal: np.ndarray, color: np.ndarray, color_order: str

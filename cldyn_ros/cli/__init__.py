@@ -1,0 +1,63 @@
+"""``cldyn``: the command-line tools (fuse, info, train, demo, ...).
+
+Every subcommand lives in its own module with a ``register(subparsers)`` function; errors
+that are the user's (bad paths, bad models, bad arguments) print one clear line and exit
+with code 2 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from . import demo, fuse, info, train
+
+SUBCOMMANDS = (fuse, info, train, demo)
+
+
+class CLIError(Exception):
+    """A user-facing error; ``main`` prints it and exits with ``code``."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cldyn",
+        description="CLDyN infrared-visible image fusion: fuse files, inspect models, train.",
+    )
+    parser.add_argument("--version", action="version", version=f"cldyn_ros {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in SUBCOMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cldyn`` console script; returns the exit code."""
+    from ..checkpoint import CheckpointError
+    from ..engine import InputError, TaskError
+    from ..imaging.io import ImageReadError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CLIError as e:
+        print(f"cldyn {args.command}: error: {e}", file=sys.stderr)
+        return e.code
+    except (CheckpointError, InputError, TaskError, ImageReadError, FileNotFoundError,
+            ValueError) as e:
+        print(f"cldyn {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cldyn {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
