@@ -69,6 +69,7 @@ def _installed_env(colcon_install: Path) -> dict[str, str]:
 
 
 def test_paths_resolve_through_the_ament_index(colcon_install, tmp_path):
+    pytest.importorskip("ament_index_python", reason="ament_index_python not installed")
     # Run from outside the checkout so the installed copy of cldyn_ros is imported.
     env = _installed_env(colcon_install)
     code = (
