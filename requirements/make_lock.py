@@ -27,6 +27,24 @@ GENERAL_FILES = ("base.txt", "dev.txt")
 ALWAYS = ("pip", "setuptools", "wheel")
 
 
+ROS_HEADER = "# --- ROS 2 wheels lock: requirements/ros-wheels.txt and what only it pulls in."
+
+
+def previous_ros_section() -> list[str]:
+    """The pins of the ROS 2 section of the current constraints.txt."""
+    path = REQUIREMENTS / "constraints.txt"
+    text = path.read_text().splitlines() if path.exists() else []
+    if ROS_HEADER not in text:
+        return []
+    section = []
+    for line in text[text.index(ROS_HEADER) + 1 :]:
+        if line.startswith("# ---"):
+            break
+        if line and not line.startswith("#"):
+            section.append(line)
+    return section
+
+
 def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
@@ -65,7 +83,10 @@ def extras_of(path: Path) -> list[str]:
         match = re.match(r"([A-Za-z0-9._-]+)\[([^\]]+)\]", line)
         if not match:
             continue
-        dist = metadata.distribution(match.group(1))
+        try:
+            dist = metadata.distribution(match.group(1))
+        except metadata.PackageNotFoundError:
+            continue
         wanted = {canonical(e) for e in match.group(2).split(",")}
         for requirement in dist.requires or []:
             extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", requirement)
@@ -105,6 +126,11 @@ def main() -> int:
     def lines(names: set[str]) -> list[str]:
         return [f"{pins[n][0]}=={pins[n][1]}" for n in sorted(names) if n in pins]
 
+    ros_lines = lines(ros)
+    if missing:  # a venv on a ROS distro has no wheels: keep their previous lock
+        ros_lines = previous_ros_section()
+        print("ROS 2 wheels not installed: their section of the lock is kept as it was")
+
     out = [
         "# Full lock of the development venv, written by `make lock` (requirements/make_lock.py)",
         "# from `pip freeze --all`. The Makefile installs every requirement file with",
@@ -113,20 +139,18 @@ def main() -> int:
         "",
         *lines(general),
         "",
-        "# --- ROS 2 wheels lock: requirements/ros-wheels.txt and what only it pulls in.",
+        ROS_HEADER,
         "# Used only where those wheels are installed (no ROS 2 distro sourced); pip ignores",
         "# constraints on packages it does not install, so a distro venv uses this file as is.",
-        *lines(ros),
+        *ros_lines,
     ]
     if other:
         out += ["", "# --- installed in the venv, required by no requirement file"]
         out += lines(other)
     (REQUIREMENTS / "constraints.txt").write_text("\n".join(out) + "\n")
-    if missing:
-        print(f"warning: not installed, so not locked: {', '.join(missing)}", file=sys.stderr)
     if other:
         print(f"note: locked but required by no file: {', '.join(sorted(other))}", file=sys.stderr)
-    counts = f"{len(general)} + {len(ros)} ROS + {len(other)} other"
+    counts = f"{len(general)} + {len(ros_lines)} ROS + {len(other)} other"
     print(f"requirements/constraints.txt: {counts} pins")
     return 0
 
