@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,14 +103,20 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise CheckpointError(path, "file is empty")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+    except Exception as e:  # torch raises many types for damaged archives
+        if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e):
+            # weights_only refuses arbitrary classes: such a file is not one of ours.
+            raise CheckpointError(path, "contains objects other than weights and metadata "
+                                  "(not a cldyn_ros checkpoint, or unsafe)") from e
         raise CheckpointError(path, f"truncated or corrupt ({_first_line(e)})") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(path, f"not a {FORMAT} file")
     version = payload.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or version < 1:
+        raise CheckpointError(path, f"invalid format version {version!r}")
+    if version > FORMAT_VERSION:
         raise CheckpointError(
-            path, f"format version {version!r} is newer than supported ({FORMAT_VERSION})"
+            path, f"format version {version} is newer than supported ({FORMAT_VERSION})"
         )
     try:
         config = CLDyNConfig.from_dict(dict(payload["config"]))
@@ -119,17 +124,23 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         model.load_state_dict(payload["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(path, f"incompatible weights ({_first_line(e)})") from e
-    task_vectors = {str(k): v.float() for k, v in payload.get("task_vectors", {}).items()}
-    for name, vec in task_vectors.items():
-        if vec.shape != (config.task_dim,) or not torch.isfinite(vec).all():
+    raw_vectors = payload.get("task_vectors", {})
+    if not isinstance(raw_vectors, dict):
+        raise CheckpointError(path, "task vectors are malformed (not a mapping)")
+    task_vectors: dict[str, Tensor] = {}
+    for name, vec in raw_vectors.items():
+        if name == NO_TASK:
+            raise CheckpointError(path, f"'{NO_TASK}' is reserved and cannot name a task")
+        if (not isinstance(vec, Tensor) or vec.shape != (config.task_dim,)
+                or not torch.isfinite(vec).all()):
             raise CheckpointError(path, f"task vector '{name}' is malformed")
+        task_vectors[str(name)] = vec.float().to(device)
+    metadata = payload.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise CheckpointError(path, "metadata is malformed (not a mapping)")
     model.eval().to(device)
-    return LoadedModel(
-        model=model,
-        task_vectors={k: v.to(device) for k, v in task_vectors.items()},
-        metadata=dict(payload.get("metadata", {})),
-        path=path,
-    )
+    return LoadedModel(model=model, task_vectors=task_vectors, metadata=dict(metadata),
+                       path=path)
 
 
 def _first_line(error: BaseException) -> str:

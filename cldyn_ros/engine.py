@@ -237,13 +237,16 @@ class FusionEngine:
         reqs = [self.request(r) if isinstance(r, str) else r for r in requests]
         if not reqs:
             raise TaskError("at least one task request is needed")
+        labels = [r.label for r in reqs]
+        if len(set(labels)) != len(labels):
+            raise TaskError(f"task requests need distinct labels, got {labels}")
         timings: dict[str, float] = {}
 
         with self._timed(timings, "preprocess"):
             ir, ycbcr = self._preprocess(thermal, color, color_order)
             vis_y = ycbcr[:, :1]
-        with self._timed(timings, "fuse"), self._autocast():
-            fused_y = self._fuse_tensors(ir, vis_y, reqs)
+        with self._timed(timings, "fuse"):
+            fused_y = self.fuse_luminance(ir, vis_y, reqs)
         with self._timed(timings, "postprocess"):
             images_np = self.render(fused_y, ycbcr, color_order)
         images = {r.label: images_np[i] for i, r in enumerate(reqs)}
@@ -276,8 +279,15 @@ class FusionEngine:
             col = col.flip(1)
         return ir, rgb_to_ycbcr(col)
 
+    @torch.inference_mode()
+    def fuse_luminance(self, ir: Tensor, vis_y: Tensor, reqs: Sequence[TaskRequest]) -> Tensor:
+        """Network inputs ``(1, 1, H, W)`` each, on the engine's device -> fused luminance
+        ``(T, 1, H, W)`` fp32, one per request, in the engine's precision. Plain requests
+        share one VFN pass; compensated ones share one batched pass."""
+        with self._autocast():
+            return self._fuse_tensors(ir, vis_y, reqs)
+
     def _fuse_tensors(self, ir: Tensor, vis_y: Tensor, reqs: Sequence[TaskRequest]) -> Tensor:
-        """-> ``(T, 1, H, W)`` fused luminance in request order (fp32)."""
         model = self.loaded.model
         out: list[Tensor | None] = [None] * len(reqs)
         plain = [i for i, r in enumerate(reqs) if r.is_plain]

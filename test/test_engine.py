@@ -213,16 +213,13 @@ def test_several_requests_equal_separate_calls(engine, pair):
         assert _diff(together[label], alone).max() <= 1, label
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: fuse keys images by label, so two requests with the same label (here the "
-    "same task at two strengths) collapse into one image (cldyn_ros/engine.py, fuse)",
-)
-def test_same_task_at_two_strengths_gives_two_images(engine, pair):
-    reqs = ["detection", engine.request("detection", 0.5)]
-    result = engine.fuse(*pair, reqs)
+def test_requests_with_the_same_label_are_rejected(engine, pair):
+    # Images are keyed by label: two requests under one label would silently collapse.
+    with pytest.raises(TaskError, match="distinct labels"):
+        engine.fuse(*pair, ["detection", engine.request("detection", 0.5)])
+    result = engine.fuse(*pair, ["detection", engine.request("detection", 0.5, label="half")])
     assert result.fused_y.shape[0] == 2
-    assert len(result.images) == 2
+    assert set(result.images) == {"detection", "half"}
 
 
 def test_fuse_is_deterministic(engine, pair):
