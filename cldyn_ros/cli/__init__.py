@@ -12,9 +12,9 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from . import demo, fuse, info, train
+from . import demo, evaluate, fuse, info, train
 
-SUBCOMMANDS = (fuse, info, train, demo)
+SUBCOMMANDS = (fuse, info, train, evaluate, demo)
 
 
 class CLIError(Exception):

@@ -1,0 +1,196 @@
+"""Metric tables over folders of image pairs: this project's model, baselines, and the
+outputs of other methods, all scored by the same metric code in one run.
+
+No ROS import. Images are scored on their luminance in ``[0, 1]``: the infrared image as
+the engine prepares it, the visible and fused images converted to BT.601 Y; fused outputs
+are quantised to 8 bits like any fused image file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from .baselines import BASELINES
+from .engine import FusionEngine, TaskRequest, thermal_to_unit
+from .imaging.io import ImageReadError, PairListing, find_pairs, read_color, read_thermal
+from .imaging.thermal import ThermalNormalizer
+from .metrics import METRIC_NAMES, fusion_metrics
+from .model import rgb_to_ycbcr
+
+#: A method turns one pair into a fused luminance ``(1, 1, H, W)`` in ``[0, 1]``.
+#: Arguments: pair name, infrared ``(1, 1, H, W)``, visible YCbCr ``(1, 3, H, W)``.
+Method = Callable[[str, Tensor, Tensor], Tensor]
+
+#: Metrics where lower is better (all others: higher is better).
+LOWER_IS_BETTER: frozenset[str] = frozenset()
+
+
+@dataclass
+class MetricTable:
+    """Per-pair metric values per method: ``values[method][metric] -> list`` (pair order)."""
+
+    pairs: list[str]
+    metrics: list[str]
+    values: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    failures: dict[str, list[str]] = field(default_factory=dict)  # method -> messages
+
+    def mean(self, method: str, metric: str) -> float:
+        vals = [v for v in self.values[method][metric] if math.isfinite(v)]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    def std(self, method: str, metric: str) -> float:
+        vals = [v for v in self.values[method][metric] if math.isfinite(v)]
+        return float(np.std(vals)) if vals else float("nan")
+
+    def ranks(self, metric: str) -> dict[str, int]:
+        """Rank of each method on ``metric`` by its mean (1 = best)."""
+        means = {m: self.mean(m, metric) for m in self.values}
+        sign = 1.0 if metric in LOWER_IS_BETTER else -1.0
+        order = sorted(means, key=lambda m: (not math.isfinite(means[m]), sign * means[m]))
+        return {m: i + 1 for i, m in enumerate(order)}
+
+    def summary(self) -> dict[str, dict[str, dict[str, float]]]:
+        """``{method: {metric: {mean, std, rank}}}``."""
+        ranks = {k: self.ranks(k) for k in self.metrics}
+        return {
+            m: {k: {"mean": self.mean(m, k), "std": self.std(m, k), "rank": ranks[k][m]}
+                for k in self.metrics}
+            for m in self.values
+        }
+
+    def to_json(self) -> str:
+        return json.dumps({"pairs": self.pairs, "metrics": self.metrics,
+                           "summary": self.summary(), "per_pair": self.values,
+                           "failures": self.failures}, indent=2)
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["method", *(f"{k}_{s}" for k in self.metrics
+                                     for s in ("mean", "std", "rank"))])
+        for m, row in self.summary().items():
+            writer.writerow([m, *(f"{row[k][s]:.6g}" for k in self.metrics
+                                  for s in ("mean", "std", "rank"))])
+        return buf.getvalue()
+
+    def to_markdown(self, highlight: Sequence[str] = ()) -> str:
+        """Mean +- std per metric, rank in brackets; ``highlight`` methods in bold."""
+        summary = self.summary()
+        lines = ["| method | " + " | ".join(self.metrics) + " |",
+                 "|---|" + "---|" * len(self.metrics)]
+        for m, row in summary.items():
+            name = f"**{m}**" if m in highlight else m
+            cells = [f"{row[k]['mean']:.4f} ± {row[k]['std']:.3f} ({row[k]['rank']})"
+                     for k in self.metrics]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+
+
+def load_pair(ir_file: Path, vi_file: Path) -> tuple[Tensor, Tensor]:
+    """Infrared ``(1, 1, H, W)`` (engine preprocessing, resized to the visible size) and
+    visible YCbCr ``(1, 3, H, W)``, float32 in ``[0, 1]``."""
+    vis = read_color(vi_file)
+    ir = thermal_to_unit(read_thermal(ir_file), ThermalNormalizer())
+    ir_t = torch.from_numpy(np.ascontiguousarray(ir, dtype=np.float32))[None, None]
+    if ir_t.shape[-2:] != vis.shape[:2]:
+        ir_t = F.interpolate(ir_t, size=vis.shape[:2], mode="bilinear", align_corners=False)
+    rgb = torch.from_numpy(vis).permute(2, 0, 1)[None].float() / 255.0
+    return ir_t.clamp(0, 1), rgb_to_ycbcr(rgb)
+
+
+def folder_method(folder: Path) -> Method:
+    """A method whose outputs are image files ``<folder>/<pair name>.<any ext>``."""
+    files = {p.stem: p for p in sorted(Path(folder).iterdir()) if p.is_file()}
+
+    def run(name: str, ir: Tensor, ycbcr: Tensor) -> Tensor:
+        if name not in files:
+            raise ImageReadError(folder / name, "no fused image with this name")
+        img = read_color(files[name])
+        rgb = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0
+        y = rgb_to_ycbcr(rgb)[:, :1]
+        if y.shape[-2:] != ir.shape[-2:]:
+            raise ImageReadError(files[name], f"size {tuple(y.shape[-2:])} differs from the "
+                                 f"pair's {tuple(ir.shape[-2:])}")
+        return y
+
+    return run
+
+
+def baseline_method(name: str) -> Method:
+    fn = BASELINES[name]
+    return lambda _name, ir, ycbcr: fn(ir, ycbcr[:, :1])
+
+
+def engine_method(engine: FusionEngine, request: TaskRequest | str = "none") -> Method:
+    """This project's fusion through the engine (the same path as the node and ``fuse``)."""
+    req = engine.request(request) if isinstance(request, str) else request
+
+    def run(_name: str, ir: Tensor, ycbcr: Tensor) -> Tensor:
+        dev = engine.device
+        return engine.fuse_luminance(ir.to(dev), ycbcr[:, :1].to(dev), [req]).cpu()
+
+    return run
+
+
+def evaluate(
+    listing: PairListing,
+    methods: Mapping[str, Method],
+    metrics: Sequence[str] = METRIC_NAMES,
+    progress: bool = True,
+) -> MetricTable:
+    """Score every method on every pair; a method failing on a pair is recorded, not fatal."""
+    table = MetricTable(pairs=[n for n, _, _ in listing.pairs], metrics=list(metrics))
+    for m in methods:
+        table.values[m] = {k: [] for k in metrics}
+    for name, ir_file, vi_file in tqdm(listing.pairs, desc="evaluate", unit="pair",
+                                       disable=not progress):
+        ir, ycbcr = load_pair(ir_file, vi_file)
+        vis_y = ycbcr[:, :1]
+        for m, method in methods.items():
+            try:
+                fused = method(name, ir, ycbcr)
+            except (ImageReadError, OSError) as e:
+                table.failures.setdefault(m, []).append(str(e))
+                for k in metrics:
+                    table.values[m][k].append(float("nan"))
+                continue
+            fused = torch.round(fused.clamp(0, 1) * 255.0) / 255.0  # as an 8-bit image file
+            scores = fusion_metrics(fused, ir, vis_y, metrics)
+            for k in metrics:
+                table.values[m][k].append(float(scores[k][0]))
+    return table
+
+
+def evaluate_folders(
+    ir_dir: Path,
+    vi_dir: Path,
+    fused: Mapping[str, Path] | None = None,
+    engine: FusionEngine | None = None,
+    model_label: str = "CLDyN (ours)",
+    baselines: Sequence[str] = tuple(BASELINES),
+    metrics: Sequence[str] = METRIC_NAMES,
+    progress: bool = True,
+) -> MetricTable:
+    """Convenience: pairs from two folders; the model (if given), baselines and fused-output
+    folders as methods."""
+    listing = find_pairs(ir_dir, vi_dir)
+    methods: dict[str, Method] = {}
+    if engine is not None:
+        methods[model_label] = engine_method(engine)
+    for b in baselines:
+        methods[b] = baseline_method(b)
+    for label, folder in (fused or {}).items():
+        methods[label] = folder_method(folder)
+    return evaluate(listing, methods, metrics, progress)
