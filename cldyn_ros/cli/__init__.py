@@ -12,9 +12,9 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from . import demo, evaluate, fuse, info, train
+from . import bag, demo, evaluate, fuse, info, train
 
-SUBCOMMANDS = (fuse, info, train, evaluate, demo)
+SUBCOMMANDS = (fuse, info, train, evaluate, bag, demo)
 
 
 class CLIError(Exception):
