@@ -113,7 +113,9 @@ def _open_reader(path: str | Path) -> Any:
     try:
         reader.open()
     except Exception as e:  # ReaderError, sqlite3/mcap/yaml errors on damaged files
-        raise BagError(f"cannot open bag '{path}': {_reason(e)}") from None
+        raise BagError(f"cannot open bag '{path}': {_reason(e)} (a truncated or corrupt "
+                       "file? an interrupted recording can often be repaired with "
+                       "'mcap recover' or 'ros2 bag reindex')") from None
     return reader
 
 
