@@ -87,7 +87,7 @@ class BagEvalSettings:
 
 def image_luminance(image: np.ndarray, order: str = "rgb") -> Tensor:
     """``H x W x 3`` uint8 -> BT.601 luminance ``(1, 1, H, W)`` float32 in ``[0, 1]``."""
-    rgb = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0
+    rgb = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float() / 255.0
     if order == "bgr":
         rgb = rgb.flip(1)
     return rgb_to_ycbcr(rgb)[:, :1]

@@ -12,9 +12,9 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from . import bag, demo, evaluate, fuse, info, train
+from . import bag, demo, evaluate, fuse, info, replay, train
 
-SUBCOMMANDS = (fuse, info, train, evaluate, bag, demo)
+SUBCOMMANDS = (fuse, info, train, evaluate, bag, replay, demo)
 
 
 class CLIError(Exception):
