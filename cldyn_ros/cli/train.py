@@ -1,18 +1,24 @@
-"""``cldyn train vfn``: stage-1 training of the fusion backbone."""
+"""``cldyn train vfn`` (stage 1, the fusion backbone) and ``cldyn train rsc`` (stage 2, the
+closed loop against frozen task networks)."""
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from ..training.vfn import VFNTrainConfig, train_vfn
 
+if TYPE_CHECKING:
+    from ..training.rsc import RSCTrainConfig
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train the fusion backbone (vfn)")
+    p = sub.add_parser("train", help="train the fusion backbone (vfn) or the task-driven "
+                       "compensation (rsc)")
     stages = p.add_subparsers(dest="stage", metavar="STAGE", required=True)
     v = stages.add_parser(
         "vfn",
@@ -45,6 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--device", help="cpu, cuda, ... (default cpu)")
     v.add_argument("--no-progress", action="store_true")
     v.set_defaults(func=run_vfn)
+    _register_rsc(stages)
 
 
 def config_from_args(args: argparse.Namespace) -> VFNTrainConfig:
@@ -73,4 +80,111 @@ def run_vfn(args: argparse.Namespace) -> int:
     print(f"trained {summary['steps']} steps in {summary['minutes']:.1f} min"
           + (f", last val loss {last['val_loss']:.4f}" if last else "")
           + f" -> {summary['out']}")
+    return 0
+
+
+RSC_HELP = """\
+Train RSC (and the basis vector bank) with the VFN frozen against frozen task networks:
+loss l_r + delta * l_p per task, one batch per task per step, per-task gradients combined by
+the CAGrad min-norm solve, gradient clipping, Adam. Resumable: re-run the same command to
+continue from <out>.state.pt. The final checkpoint holds the best step's weights and one
+deployment vector per task (the mean adapter output over training batches).
+
+The --tasks YAML file has a 'tasks:' list; each entry has name, network, data and optionally
+val. Other top-level keys set defaults for the options below (underscores for dashes).
+
+  tasks:
+    - name: detection
+      network: {adapter: yolo, weights: yolov5s_m3fd.pt}          # feature_layer optional
+      data: {layout: m3fd, root: /data/M3FD, split: train.txt}
+      val:  {layout: m3fd, root: /data/M3FD, split: val.txt}
+    - name: segmentation
+      network: {adapter: torchvision, arch: deeplabv3_resnet50, weights: fmb.pt,
+                num_classes: 15}
+      data: {layout: fmb, root: /data/FMB, split: train}
+    - name: saliency
+      network: {adapter: import, factory: mypkg.nets:build, weights: ctdnet.pt,
+                feature_layer: refine, loss: bce, mean: [0.485, 0.456, 0.406],
+                std: [0.229, 0.224, 0.225]}
+      data: {layout: vt5000, root: /data/VT5000, split: Train}
+    - name: warm_objects                                         # labels from the images
+      network: {adapter: import, factory: cldyn_ros.training.task_networks:SmallSegNet,
+                weights: warm.pt, feature_layer: body, loss: bce}
+      data: {layout: self-supervised, labels: warm_objects, ir: ir/, vi: vi/,
+             exclude: test_split.txt}
+
+Relative paths are taken from the YAML file's folder.
+"""
+
+
+def _register_rsc(stages: argparse._SubParsersAction) -> None:
+    r = stages.add_parser(
+        "rsc",
+        help="stage 2: closed-loop RSC training against frozen task networks",
+        description=RSC_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument("--tasks", type=Path, required=True, help="YAML file of tasks (and settings)")
+    r.add_argument("--vfn", help="checkpoint with the trained VFN (e.g. runs/vfn_default.pt)")
+    r.add_argument("--out", help="output checkpoint (.pt)")
+    for name, typ, text in (
+        ("steps", int, "training steps (default 2000)"),
+        ("batch-size", int, "batch size per task (default 4)"),
+        ("crop", int, "square crop size (default 256)"),
+        ("lr", float, "Adam learning rate (default 1e-2)"),
+        ("weight-decay", float, "Adam weight decay (default 1e-4)"),
+        ("penalty", float, "delta, weight of the penalty term l_p (default 5; 0 = off)"),
+        ("cagrad-c", float, "c of the CAGrad min-norm solve (default 0.5; 0 = averaging)"),
+        ("clip", float, "gradient-norm clipping (default 1.0)"),
+        ("eval-every", int, "steps between validations / best-checkpoint checks (default 100)"),
+        ("checkpoint-every", int, "steps between training-state saves (default 50)"),
+        ("vector-batches", int, "training batches per task averaged into the deployment "
+         "vector (default 16)"),
+        ("seed", int, "random seed (default 0)"),
+        ("max-minutes", float, "stop after this many minutes of training, saving state"),
+        ("threads", int, "CPU threads"),
+    ):
+        r.add_argument(f"--{name}", type=typ, help=text)
+    r.add_argument("--precision", choices=("fp32", "bf16"), help="default fp32")
+    r.add_argument("--fresh-rsc", action="store_true", default=None,
+                   help="start from a new RSC even if the --vfn checkpoint has one")
+    r.add_argument("--device", help="cpu, cuda, ... (default cpu)")
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(func=run_rsc)
+
+
+def rsc_config_from_args(args: argparse.Namespace) -> tuple[RSCTrainConfig, list]:
+    from ..training.rsc import RSCTrainConfig  # noqa: PLC0415  (keeps 'cldyn --help' fast)
+
+    data = yaml.safe_load(args.tasks.read_text()) or {}
+    if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
+        raise ValueError(f"{args.tasks}: needs a 'tasks:' list")
+    entries = data.pop("tasks")
+    known = {f.name for f in fields(RSCTrainConfig)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown settings in {args.tasks}: {sorted(unknown)}")
+    values = dict(data)
+    values.update({k: v for k, v in vars(args).items() if k in known and v is not None})
+    missing = [k for k in ("vfn", "out") if not values.get(k)]
+    if missing:
+        raise ValueError(f"missing {', '.join('--' + k for k in missing)} "
+                         f"(on the command line or in {args.tasks})")
+    return RSCTrainConfig(**values), entries
+
+
+def run_rsc(args: argparse.Namespace) -> int:
+    from ..training.rsc import tasks_from_spec, train_rsc  # noqa: PLC0415
+
+    config, entries = rsc_config_from_args(args)
+    try:
+        tasks = tasks_from_spec(entries, args.tasks.resolve().parent)
+    except ImportError as e:
+        raise ValueError(str(e)) from e
+    summary = train_rsc(config, tasks, progress=not args.no_progress)
+    print(f"trained {summary['steps']} steps in {summary['minutes']:.1f} min "
+          f"(best step {summary['best_step']}) -> {summary['out']}")
+    for name, v in summary["validation"].items():
+        print(f"  {name}: validation task loss {v['before']:.4f} -> {v['after']:.4f} "
+              f"({100 * (v['ratio'] - 1):+.1f}%)")
     return 0
