@@ -149,27 +149,44 @@ def evaluate(
     methods: Mapping[str, Method],
     metrics: Sequence[str] = METRIC_NAMES,
     progress: bool = True,
+    batch_size: int = 8,
 ) -> MetricTable:
-    """Score every method on every pair; a method failing on a pair is recorded, not fatal."""
+    """Score every method on every pair; a method failing on a pair is recorded, not fatal.
+
+    The methods' outputs for one pair are scored together, ``batch_size`` at a time: the
+    slow metrics (VIF, SSIM, Qabf take about a second per image on CPU) cost about half as
+    much per image in a batch.
+    """
     table = MetricTable(pairs=[n for n, _, _ in listing.pairs], metrics=list(metrics))
     for m in methods:
         table.values[m] = {k: [] for k in metrics}
+    batch_size = max(1, int(batch_size))
     for name, ir_file, vi_file in tqdm(listing.pairs, desc="evaluate", unit="pair",
                                        disable=not progress):
         ir, ycbcr = load_pair(ir_file, vi_file)
         vis_y = ycbcr[:, :1]
+        outputs: dict[str, Tensor] = {}
         for m, method in methods.items():
             try:
                 fused = method(name, ir, ycbcr)
             except (ImageReadError, OSError) as e:
                 table.failures.setdefault(m, []).append(str(e))
-                for k in metrics:
-                    table.values[m][k].append(float("nan"))
                 continue
-            fused = torch.round(fused.clamp(0, 1) * 255.0) / 255.0  # as an 8-bit image file
-            scores = fusion_metrics(fused, ir, vis_y, metrics)
+            # As an 8-bit image file.
+            outputs[m] = torch.round(fused.float().cpu().clamp(0, 1) * 255.0) / 255.0
+        scores: dict[str, dict[str, float]] = {}
+        names = list(outputs)
+        for i in range(0, len(names), batch_size):
+            chunk = names[i:i + batch_size]
+            fused = torch.cat([outputs[m] for m in chunk])
+            n = fused.shape[0]
+            values = fusion_metrics(fused, ir.expand(n, -1, -1, -1),
+                                    vis_y.expand(n, -1, -1, -1), metrics)
+            for j, m in enumerate(chunk):
+                scores[m] = {k: float(values[k][j]) for k in metrics}
+        for m in methods:
             for k in metrics:
-                table.values[m][k].append(float(scores[k][0]))
+                table.values[m][k].append(scores[m][k] if m in scores else float("nan"))
     return table
 
 

@@ -238,3 +238,85 @@ def test_undecodable_messages_are_warnings(tmp_path: Path, engine: FusionEngine)
     assert report["frames"]["decode_errors"] == 1
     assert any("unsupported encoding 'yuv422'" in w for w in report["warnings"])
     assert report["pairing"]["pairs"] == 4
+
+
+# ------------------------------------------------------------------ quality suite tables
+def fake_data(root: Path) -> Path:
+    """A miniature ../shared/data: vifb with two 'published' methods, tno, roadscene."""
+    from cldyn_ros.imaging.io import write_image
+    from cldyn_ros.imaging.synthetic import generate_pairs, write_pairs
+
+    pairs = generate_pairs(3, seed=5, height=H, width=W)
+    for name in ("vifb", "tno", "roadscene"):
+        write_pairs(pairs, root / name)
+    for method, weight in (("PeerA", 0.3), ("PeerB", 0.7)):
+        for p in pairs[:2]:  # PeerB misses nothing, PeerA misses the third pair
+            blend = weight * p.ir[..., None] + (1 - weight) * p.vis
+            write_image(root / "vifb" / "fused" / method / f"{p.name}.png",
+                        blend.astype(np.uint8))
+        if method == "PeerB":
+            blend = weight * pairs[2].ir[..., None] + (1 - weight) * pairs[2].vis
+            write_image(root / "vifb" / "fused" / method / f"{pairs[2].name}.png",
+                        blend.astype(np.uint8))
+    (root / "roadscene" / "test_split.txt").write_text(
+        "\n".join(f"{p.name}.png" for p in pairs[1:]) + "\n")
+    return root
+
+
+def test_quality_suite_regenerates_only_its_section(tmp_path: Path, model_file: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    data = fake_data(tmp_path / "data")
+    doc = tmp_path / "docs" / "benchmarks.md"
+    argv = ["eval", "suite", "--data", str(data), "--out", str(doc), "--model", str(model_file),
+            "--metrics", "EN,SD,SSIM", "--no-progress", "--device", "cpu", "--threads", "1"]
+    assert main(argv) == 0
+    text = doc.read_text()
+    assert text.startswith("# Benchmarks") and "## Speed" in text and "## Quality" in text
+    assert text.count("<!-- BEGIN quality -->") == 1 and text.count("<!-- END quality -->") == 1
+    vifb = text[text.index("### VIFB"):text.index("### TNO")]
+    assert "(3 pairs; 2 published methods)" in vifb
+    for row in ("| **CLDyN (ours)** |", "| average |", "| max |", "| PeerA |", "| PeerB |"):
+        assert row in vifb, row
+    assert "PeerA failed on 1 pair(s)" in vifb
+    tno = text[text.index("### TNO"):text.index("### RoadScene")]
+    assert "| PeerA |" not in tno and "| max |" in tno
+    assert "### RoadScene test split (2 pairs)" in text
+    assert f"cldyn eval suite --data {data} --out {doc} --model {model_file}" in text
+    # The other engineer's speed section survives a regeneration, and so does the rest.
+    edited = text.replace("Not generated yet.", "| engine | fps |\n|---|---|\n| cpu | 12 |")
+    doc.write_text(edited + "\nA closing note.\n")
+    assert main(argv[:-4] + ["--no-model", "--sets", "tno,vifb"]) == 0
+    again = doc.read_text()
+    assert "| cpu | 12 |" in again and again.endswith("A closing note.\n")
+    assert "**CLDyN (ours)**" not in again and "### RoadScene" not in again
+    assert again.count("<!-- BEGIN quality -->") == 1
+
+
+def test_quality_suite_errors_and_missing_sets(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    doc = tmp_path / "b.md"
+    doc.write_text("# B\n\n<!-- BEGIN quality -->\nold\n")
+    err = cli_error(capsys, ["eval", "suite", "--data", str(tmp_path), "--out", str(doc),
+                             "--no-model", "--metrics", "EN", "--no-progress"])
+    assert "only one of the markers" in err
+    err = cli_error(capsys, ["eval", "suite", "--data", str(tmp_path), "--sets", "kitti",
+                             "--no-model"])
+    assert "unknown set" in err
+    doc.write_text("# B\n")
+    assert main(["eval", "suite", "--data", str(tmp_path), "--out", str(doc), "--no-model",
+                 "--metrics", "EN", "--no-progress"]) == 0
+    assert "Not generated: no pairs in" in doc.read_text()
+
+
+@pytest.mark.data
+def test_quality_suite_on_real_vifb(shared_data: Path, tmp_path: Path) -> None:
+    """One VIFB pair, every published method: the layout the benchmark table relies on."""
+    doc = tmp_path / "b.md"
+    assert main(["eval", "suite", "--data", str(shared_data), "--out", str(doc),
+                 "--no-model", "--sets", "vifb,roadscene", "--limit", "1", "--metrics",
+                 "EN,SD", "--no-progress"]) == 0
+    text = doc.read_text()
+    assert "(1 pairs; 20 published methods)" in text
+    for method in ("ADF", "CBF", "GTF", "LatLRR", "VSMWLS", "average", "max"):
+        assert f"| {method} |" in text
+    assert "failed" not in text

@@ -22,6 +22,23 @@ def parse_metrics(spec: str) -> list[str]:
     return metrics
 
 
+SUITE_SETS = ("vifb", "tno", "roadscene")
+BEGIN_QUALITY = "<!-- BEGIN quality -->"
+END_QUALITY = "<!-- END quality -->"
+_SET_TITLES = {
+    "vifb": "VIFB",
+    "tno": "TNO",
+    "roadscene": "RoadScene test split",
+}
+_SET_SOURCES = {
+    "vifb": "VIFB (Zhang et al., CVPRW 2020); the other methods' fused images are the ones "
+    "VIFB distributes, scored here with this project's metric code",
+    "tno": "TNO Image Fusion Dataset (Toet), the subset used by CDDFuse",
+    "roadscene": "RoadScene (Xu et al., FusionDN, AAAI 2020), the test pairs listed in "
+    "roadscene/test_split.txt",
+}
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate fusion quality (metric tables)")
     kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
@@ -75,6 +92,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--no-progress", action="store_true")
     add_engine_args(b)
     b.set_defaults(func=run_bag)
+
+    q = kinds.add_parser(
+        "suite",
+        help="regenerate the quality tables of docs/benchmarks.md (VIFB, TNO, RoadScene)",
+        description="Score this project's model, the two baselines and (VIFB) the outputs of "
+        "the published methods in <data>/vifb/fused/<METHOD>/ with the same metric code, on "
+        "VIFB, TNO and the RoadScene test split (<data>/roadscene/test_split.txt), and write "
+        "the tables between '<!-- BEGIN quality -->' and '<!-- END quality -->' under "
+        "'## Quality' in --out (the rest of the file is kept). Sets missing under --data are "
+        "skipped with a note.",
+    )
+    q.add_argument("--data", type=Path, default=Path("../shared/data"),
+                   help="folder with vifb/, tno/, roadscene/ (default ../shared/data)")
+    q.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"),
+                   help="markdown file to update (default docs/benchmarks.md)")
+    q.add_argument("--sets", default=",".join(SUITE_SETS),
+                   help=f"comma-separated subset of {','.join(SUITE_SETS)}")
+    q.add_argument("--metrics", default=",".join(METRIC_NAMES),
+                   help=f"comma-separated subset of {','.join(METRIC_NAMES)}")
+    q.add_argument("--label", default="CLDyN (ours)", help="row label of this project's model")
+    q.add_argument("--no-model", action="store_true", help="leave this project's model out")
+    q.add_argument("--limit", type=int, help="only the first N pairs of each set (quick check)")
+    q.add_argument("--batch-size", type=int, default=8, help="images scored per metric batch")
+    q.add_argument("--json", type=Path, help="also write every table as JSON here")
+    q.add_argument("--no-progress", action="store_true")
+    add_engine_args(q)
+    q.set_defaults(func=run_suite)
 
 
 def run_images(args: argparse.Namespace) -> int:
@@ -149,3 +193,127 @@ def run_bag(args: argparse.Namespace) -> int:
         raise CLIError(f"no frame pairs in {args.bag}: {report['warnings'][0]} (pairing "
                        f"statistics in {out}/report.md)")
     return 0
+
+
+def _suite_listing(data: Path, name: str, limit: int | None) -> PairListing | None:
+    root = data / name
+    if not (root / "ir").is_dir() or not (root / "vi").is_dir():
+        return None
+    listing = find_pairs(root / "ir", root / "vi")
+    if name == "roadscene":
+        split = root / "test_split.txt"
+        if not split.is_file():
+            raise ValueError(f"{split} is missing: the RoadScene test split is undefined")
+        wanted = {Path(n).stem for n in split.read_text().split()}
+        listing = PairListing([p for p in listing.pairs if p[0] in wanted], [], [])
+    if limit:
+        listing = PairListing(listing.pairs[:limit], [], [])
+    return listing
+
+
+def run_suite(args: argparse.Namespace) -> int:
+    import datetime
+    import json
+
+    from .. import __version__
+
+    sets = [x.strip() for x in args.sets.split(",") if x.strip()]
+    unknown = sorted(set(sets) - set(SUITE_SETS))
+    if unknown or not sets:
+        raise ValueError(f"unknown set(s) {unknown}; choose from {list(SUITE_SETS)}")
+    metrics = parse_metrics(args.metrics)
+    if not metrics:
+        raise ValueError("--metrics names no metric")
+    if not args.data.is_dir():
+        raise ValueError(f"data folder '{args.data}' does not exist")
+    engine = None if args.no_model else engine_from_args(args)
+    sections: list[str] = []
+    tables: dict[str, object] = {}
+    for name in sets:
+        listing = _suite_listing(args.data, name, args.limit)
+        title = _SET_TITLES[name]
+        if listing is None or not listing.pairs:
+            sections.append(f"### {title}\n\nNot generated: no pairs in "
+                            f"`{args.data / name}`.\n")
+            continue
+        methods = {}
+        if engine is not None:
+            methods[args.label] = engine_method(engine)
+        methods.update({b: baseline_method(b) for b in BASELINES})
+        peers: list[str] = []
+        fused_root = args.data / name / "fused"
+        if fused_root.is_dir():
+            for folder in sorted(p for p in fused_root.iterdir() if p.is_dir()):
+                methods[folder.name] = folder_method(folder)
+                peers.append(folder.name)
+        print(f"{title}: {len(listing.pairs)} pairs, {len(methods)} methods")
+        table = evaluate(listing, methods, metrics, progress=not args.no_progress,
+                         batch_size=args.batch_size)
+        tables[name] = json.loads(table.to_json())
+        head = f"### {title} ({len(listing.pairs)} pairs"
+        head += f"; {len(peers)} published methods)" if peers else ")"
+        notes = [f"Source: {_SET_SOURCES[name]}."]
+        for method, errors in table.failures.items():
+            notes.append(f"{method} failed on {len(errors)} pair(s), left out of its mean "
+                         f"(e.g. {errors[0]}).")
+        sections.append(head + "\n\n" + table.to_markdown(highlight=[args.label]) + "\n"
+                        + "\n".join(notes) + "\n")
+
+    model = "none (baselines and published methods only)"
+    if engine is not None:
+        meta = engine.loaded.metadata or {}
+        model = f"`{args.model or 'models/cldyn_default.pt (shipped default)'}`"
+        if meta.get("trained_on"):
+            model += f", trained on {meta['trained_on']}"
+    command = "cldyn eval suite --data " + str(args.data) + " --out " + str(args.out)
+    if args.model:
+        command += f" --model {args.model}"
+    if args.sets != ",".join(SUITE_SETS):
+        command += f" --sets {args.sets}"
+    if args.limit:
+        command += f" --limit {args.limit}"
+    body = [
+        f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by "
+        f"cldyn_ros {__version__} with:",
+        "",
+        f"    {command}",
+        "",
+        f"Model: {model}; device {engine.device if engine else '-'}.",
+        "",
+        "Every row is scored by the same code (`cldyn_ros.metrics`) on the same pairs: "
+        "luminance in [0, 1] (fused and visible images as BT.601 Y, fused images quantised to "
+        "8 bits like any image file, the infrared image as the engine prepares it). Cells are "
+        "mean ± standard deviation over the pairs, with the rank among the table's rows in "
+        "brackets (1 = best; higher is better for every metric). EN and MI in bits, SD, SF "
+        "and AG on 0-255 grey levels, PSNR in dB. Our row is in bold.",
+        "",
+        *sections,
+    ]
+    write_quality_section(args.out, "\n".join(body))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(tables, indent=1))
+    print(f"quality tables written to {args.out}")
+    return 0
+
+
+def write_quality_section(path: Path, body: str) -> None:
+    """Replace what lies between the quality markers of ``path`` (kept elsewhere as is);
+    add a ``## Quality`` section with the markers if there is none, and create the file
+    (with an empty ``## Speed`` section for the speed tables) if it does not exist."""
+    block = f"{BEGIN_QUALITY}\n{body.rstrip()}\n{END_QUALITY}"
+    if path.exists():
+        text = path.read_text()
+        start, end = text.find(BEGIN_QUALITY), text.find(END_QUALITY)
+        if start >= 0 and end > start:
+            text = text[:start] + block + text[end + len(END_QUALITY):]
+        elif start >= 0 or end >= 0:
+            raise ValueError(f"{path} has only one of the markers {BEGIN_QUALITY} and "
+                             f"{END_QUALITY}: fix the file by hand")
+        else:
+            text = text.rstrip() + "\n\n## Quality\n\n" + block + "\n"
+    else:
+        text = ("# Benchmarks\n\n## Speed\n\nNot generated yet.\n\n## Quality\n\n"
+                + block + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
