@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .layers import ConvBNAct
 from .rsc import RSC
-from .vfn import VFN
+from .vfn import VFN, AttentionFusion
 
 
 @dataclass(frozen=True)
@@ -17,7 +20,10 @@ class CLDyNConfig:
     """Architecture settings; stored in every checkpoint.
 
     ``num_blocks`` is the paper's L (dense blocks per encoder and in the decoder),
-    ``branches`` its M (dynamic-conv branches per A2SI block).
+    ``branches`` its M (dynamic-conv branches per A2SI block). ``embed_max_side`` is the
+    longer side (pixels) at which the A2SI image embeddings are computed (block-averaged
+    features, see :meth:`A2SI.embed_image`); ``0`` is the method's full resolution.
+    Checkpoints written before the field existed load with the default.
     """
 
     num_blocks: int = 2
@@ -30,6 +36,7 @@ class CLDyNConfig:
     basis_dim: int = 256
     kernel_hidden: int = 32
     temperature: float = 0.5
+    embed_max_side: int = 0
 
     def __post_init__(self) -> None:
         if self.num_blocks < 1:
@@ -38,6 +45,8 @@ class CLDyNConfig:
             raise ValueError("RSC sits between dense blocks: it needs num_blocks >= 2")
         if self.branches < 1:
             raise ValueError(f"branches must be >= 1, got {self.branches}")
+        if self.embed_max_side < 0:
+            raise ValueError(f"embed_max_side must be >= 0, got {self.embed_max_side}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,13 +89,67 @@ class CLDyN(nn.Module):
             if c.with_rsc
             else None
         )
+        self.set_embed_max_side(c.embed_max_side)
+
+    # ------------------------------------------------------------ speed settings
+    def set_embed_max_side(self, max_side: int) -> CLDyN:
+        """Run every A2SI image embedding at a longer side of at most ``max_side`` pixels
+        (``0``: full resolution). Overrides the config at run time; returns ``self``."""
+        if max_side < 0:
+            raise ValueError(f"embed_max_side must be >= 0, got {max_side}")
+        for block in self._a2si():
+            block.embed_max_side = int(max_side)
+        return self
+
+    @property
+    def embed_max_side(self) -> int:
+        blocks = self._a2si()
+        return blocks[0].embed_max_side if blocks else self.config.embed_max_side
+
+    def set_static_selection(self, static: bool = True, unfold_conv: bool = False) -> CLDyN:
+        """Inference through the gated mixture of all configurations (same forward value,
+        no data-dependent shapes: for export, CUDA graphs and ``torch.compile``);
+        ``unfold_conv`` computes the dynamic convolutions as im2col matrix products (ONNX
+        export with symbolic height and width)."""
+        for block in self._a2si():
+            block.static_selection = bool(static)
+            block.unfold_conv = bool(unfold_conv)
+        return self
+
+    def _a2si(self) -> list[nn.Module]:
+        return [] if self.rsc is None else [b for _, _, b in self.rsc.a2si_blocks()]
+
+    def embed_tasks(self, task_vectors: Tensor) -> dict[tuple[str, int], Tensor]:
+        """The task-only part of every A2SI block: ``(T, task_dim)`` -> ``{(modality,
+        index): (T, embed_dim)}``. Depends on the task vectors only, so callers serving a
+        fixed set of tasks compute it once and pass it to :meth:`fuse_tasks`."""
+        if self.rsc is None:
+            raise RuntimeError("this model has no RSC: it has no task embeddings")
+        return {(m, i): block.task_embed(task_vectors) for m, i, block in self.rsc.a2si_blocks()}
+
+    def fuse_for_inference(self) -> CLDyN:
+        """An equivalent copy for inference: eval mode, no gradients, every batch norm that
+        follows a convolution folded into it, in-place activations. Outputs equal this
+        model's in eval mode up to float rounding. The original is left untouched."""
+        fused = copy.deepcopy(self).eval()
+        for module in list(fused.modules()):
+            if isinstance(module, ConvBNAct):
+                _fold_sequential(module)
+        fused.vfn.fusion = FastAttentionFusion(fused.vfn.fusion)
+        fused.requires_grad_(False)
+        return fused
 
     def forward(self, ir: Tensor, vis_y: Tensor) -> Tensor:
         """Plain VFN fusion: ``(B, 1, H, W) x 2 -> (B, 1, H, W)``."""
         return self.vfn(ir, vis_y)
 
     def fuse_tasks(
-        self, ir: Tensor, vis_y: Tensor, task_vectors: Tensor, strength: Tensor | float = 1.0
+        self,
+        ir: Tensor,
+        vis_y: Tensor,
+        task_vectors: Tensor,
+        strength: Tensor | float = 1.0,
+        task_embeddings: dict[tuple[str, int], Tensor] | None = None,
     ) -> Tensor:
         """Compensated fusion for several tasks at once, sharing the task-independent work.
 
@@ -94,18 +157,23 @@ class CLDyN(nn.Module):
             ir, vis_y: ``(B, 1, H, W)`` in ``[0, 1]``.
             task_vectors: ``(T, task_dim)``.
             strength: scalar or ``(T,)`` compensation strengths in ``[0, 1]``.
+            task_embeddings: optional :meth:`embed_tasks` of ``task_vectors`` (cached).
 
         Returns:
             ``(T, B, 1, H, W)``.
         """
         t, b = task_vectors.shape[0], ir.shape[0]
         strengths = torch.as_tensor(strength, dtype=ir.dtype, device=ir.device).expand(t)
+        embs = None
+        if task_embeddings is not None:
+            embs = {k: v.repeat_interleave(b, dim=0) for k, v in task_embeddings.items()}
         fused = self._compensated(
             ir,
             vis_y,
             task_vectors.to(ir.dtype).repeat_interleave(b, dim=0),
             strengths.repeat_interleave(b),
             repeats=t,
+            task_embeddings=embs,
         )
         return fused.view(t, b, *fused.shape[1:])
 
@@ -127,7 +195,13 @@ class CLDyN(nn.Module):
         return self._compensated(ir, vis_y, task_features, strengths, repeats=1)
 
     def _compensated(
-        self, ir: Tensor, vis_y: Tensor, tasks: Tensor, strengths: Tensor, repeats: int
+        self,
+        ir: Tensor,
+        vis_y: Tensor,
+        tasks: Tensor,
+        strengths: Tensor,
+        repeats: int,
+        task_embeddings: dict[tuple[str, int], Tensor] | None = None,
     ) -> Tensor:
         """Run the encoders with compensation on ``N = repeats x B`` samples, task-major.
 
@@ -146,9 +220,98 @@ class CLDyN(nn.Module):
             f = f.repeat(repeats, 1, 1, 1)
             for i, block in enumerate(encoder.blocks[1:]):
                 emb = image_emb if i == 0 else None
-                f = block(self.rsc.compensate(modality, i, f, tasks, strengths, emb))
+                t_emb = None if task_embeddings is None else task_embeddings[(modality, i)]
+                f = block(self.rsc.compensate(modality, i, f, tasks, strengths, emb, t_emb))
             features.append(f)
         return self.vfn.fuse_features(*features)
+
+
+def _max3x3(x: Tensor) -> Tensor:
+    """3x3 stride-1 max pool with ``padding=1`` (borders: the window's valid pixels), as
+    two separable maxima of shifted views. Replicate padding gives the same maxima as
+    ignoring the outside, since the replicated pixels are inside the window already."""
+    p = F.pad(x, (1, 1, 0, 0), mode="replicate")
+    h = torch.maximum(torch.maximum(p[..., :-2], p[..., 1:-1]), p[..., 2:])
+    p = F.pad(h, (0, 0, 1, 1), mode="replicate")
+    return torch.maximum(torch.maximum(p[..., :-2, :], p[..., 1:-1, :]), p[..., 2:, :])
+
+
+def _avg3x3(x: Tensor) -> Tensor:
+    """3x3 stride-1 mean over the valid pixels of each window (``count_include_pad=False``),
+    as separable sums of shifted views divided by the window's pixel count."""
+    def box(t: Tensor) -> Tensor:
+        p = F.pad(t, (1, 1, 1, 1))
+        s = p[..., :-2] + p[..., 1:-1] + p[..., 2:]
+        return s[..., :-2, :] + s[..., 1:-1, :] + s[..., 2:, :]
+
+    count = box(torch.ones_like(x[:1, :1]))  # valid pixels per window (shape-generic)
+    return box(x) / count
+
+
+def _sobel_l1(x: Tensor) -> Tensor:
+    """``|Sobel_x| + |Sobel_y|`` per channel with replicate borders, separably."""
+    p = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    dx = p[..., 2:] - p[..., :-2]  # (H+2, W)
+    sx = p[..., :-2] + 2.0 * p[..., 1:-1] + p[..., 2:]
+    gx = dx[..., :-2, :] + 2.0 * dx[..., 1:-1, :] + dx[..., 2:, :]
+    gy = sx[..., 2:, :] - sx[..., :-2, :]
+    return gx.abs_().add_(gy.abs_())
+
+
+class FastAttentionFusion(nn.Module):
+    """Inference form of :class:`AttentionFusion` with the same output: separable 3x3
+    pools and Sobel on shifted views (no pooling indices, no depthwise conv), and the two
+    spatial conv blocks run as one grouped convolution (16+16 -> 32+32) followed by one
+    convolution 64 -> 16 whose weights are the two second convolutions side by side."""
+
+    def __init__(self, att: AttentionFusion) -> None:
+        super().__init__()
+        self.mlp_avg, self.mlp_max = att.mlp_avg, att.mlp_max
+        a1, a2 = att.spatial_avg[0], att.spatial_avg[2]
+        m1, m2 = att.spatial_max[0], att.spatial_max[2]
+        with torch.no_grad():
+            self.w1 = nn.Parameter(torch.cat([a1.weight, m1.weight]), requires_grad=False)
+            self.b1 = nn.Parameter(torch.cat([a1.bias, m1.bias]), requires_grad=False)
+            self.w2 = nn.Parameter(torch.cat([a2.weight, m2.weight], 1), requires_grad=False)
+            self.b2 = nn.Parameter(a2.bias + m2.bias, requires_grad=False)
+
+    def forward(self, features: Tensor) -> Tensor:
+        g = features + _sobel_l1(features)
+        channel = self.mlp_avg(g.mean(dim=(2, 3), keepdim=True)) + self.mlp_max(
+            g.amax(dim=(2, 3), keepdim=True)
+        )
+        pooled = torch.cat([_avg3x3(g), _max3x3(g)], dim=1)
+        h = F.conv2d(F.pad(pooled, (1, 1, 1, 1), mode="reflect"), self.w1, self.b1, groups=2)
+        h = F.conv2d(F.pad(h.relu_(), (1, 1, 1, 1), mode="reflect"), self.w2, self.b2)
+        return g * torch.sigmoid(channel * h)
+
+
+def fold_batch_norm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A convolution equal to ``bn(conv(x))`` with ``bn`` in eval mode (running stats)."""
+    folded = copy.deepcopy(conv)
+    with torch.no_grad():
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        folded.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        new_bias = (bias - bn.running_mean) * scale + bn.bias
+        if folded.bias is None:
+            folded.bias = nn.Parameter(new_bias)
+        else:
+            folded.bias.copy_(new_bias)
+    return folded
+
+
+def _fold_sequential(seq: nn.Sequential) -> None:
+    """Fold every ``Conv2d, BatchNorm2d`` pair of ``seq`` in place; activations in place."""
+    names = list(seq._modules)
+    for a, b in zip(names, names[1:], strict=False):
+        conv, bn = seq._modules[a], seq._modules[b]
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+            seq._modules[a] = fold_batch_norm(conv, bn)
+            seq._modules[b] = nn.Identity()
+    for module in seq._modules.values():
+        if isinstance(module, nn.LeakyReLU):
+            module.inplace = True
 
 
 def count_parameters(module: nn.Module | None) -> int:

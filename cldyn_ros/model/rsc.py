@@ -14,6 +14,14 @@ Deliberate deviations from the reference code, each fixing a flaw named in the m
   closed-loop training; at deployment the node uses the stored task vector.
 - The kernel predictors are shared by both modalities and all blocks, like the bank they
   read from. With the defaults RSC has 458,704 parameters (paper: 462,824, -0.9%).
+- Speed (optional, see :attr:`A2SI.embed_max_side`): the image embedding ends in a global
+  average pool, so its 8->64->128 convolutions may run on a block-averaged copy of the
+  features (longer side at most ``embed_max_side``) instead of the full frame, which the
+  method uses and which costs about five times the whole VFN. ``0`` keeps full resolution.
+- Static selection (optional, :attr:`A2SI.static_selection`): at inference every branch
+  runs all configurations weighted by its one-hot gate (the training mixture; the same
+  forward value), so the graph has no data-dependent shapes. Used for ONNX export and
+  CUDA graphs / ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -44,6 +52,16 @@ def hadamard_prototypes(count: int, dim: int) -> Tensor:
     while h.shape[0] < dim:
         h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
     return h[:count] / math.sqrt(dim)
+
+
+def embed_pool_factor(height: int, width: int, max_side: int) -> int:
+    """Integer block-average factor so the longer side becomes at most ``max_side``.
+
+    ``max_side <= 0`` (or a frame already small enough) gives ``1``: full resolution.
+    """
+    if max_side is None or max_side <= 0:
+        return 1
+    return max(1, math.ceil(max(height, width) / max_side))
 
 
 def straight_through(hard: Tensor, logits: Tensor) -> Tensor:
@@ -99,33 +117,67 @@ class KernelPredictors(nn.Module):
             {str(k): KernelPredictor(dim, channels, k, hidden) for k in KERNEL_SIZES}
         )
 
+    def weight_dims(self, config: int) -> tuple[int, int]:
+        """``(in_channels, kernel_size)`` of configuration ``config``'s kernels."""
+        shape = self.by_size[str(CONFIGURATIONS[config][0])].shape
+        return shape[1], shape[2]
+
     def predict(self, config: int, v: Tensor) -> Tensor:
         """``(..., dim) -> (..., C, C, k, k)`` for configuration index ``config``."""
         return self.by_size[str(CONFIGURATIONS[config][0])](v)
 
 
-def dynamic_conv(x: Tensor, kernels: Tensor, dilation: int) -> Tensor:
+def dynamic_conv(
+    x: Tensor, kernels: Tensor, dilation: int, weight_dims: tuple[int, int] | None = None
+) -> Tensor:
     """Apply per-sample, per-branch kernels in one grouped convolution.
 
     Args:
         x: features ``(N, C, H, W)``.
         kernels: ``(N, M, C, C, k, k)``: ``M`` kernels for every sample.
         dilation: dilation of the ``k x k`` kernels (reflect padding keeps ``H, W``).
+        weight_dims: ``(C, k)`` as plain ints, for tracing (ONNX export).
 
     Returns:
         ``(N, M, C, H, W)``.
     """
     n, m, c, _, k, _ = kernels.shape
-    pad = dilation * (k - 1) // 2
+    # With weight_dims the kernel's trailing dims and the padding are Python ints (not
+    # traced sizes), so an ONNX export knows the kernel shape of this dynamic convolution.
+    c_in, k_size = weight_dims or (c, k)
+    pad = dilation * (k_size - 1) // 2
     if pad:
         x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
     out = F.conv2d(
-        x.reshape(1, n * c, *x.shape[2:]),
-        kernels.reshape(n * m * c, c, k, k),
+        x.reshape(1, -1, *x.shape[2:]),
+        kernels.reshape(-1, c_in, k_size, k_size),
         dilation=dilation,
         groups=n,
     )
     return out.view(n, m, c, *out.shape[2:])
+
+
+def dynamic_conv_unfolded(
+    x: Tensor, kernels: Tensor, dilation: int, weight_dims: tuple[int, int]
+) -> Tensor:
+    """:func:`dynamic_conv` as a batched matrix product over shifted views (im2col), with
+    no convolution whose weight is data: exports to ONNX with symbolic height and width.
+    Uses ``k^2`` times the feature memory. Same arguments and result."""
+    n, m = kernels.shape[:2]
+    c, k = weight_dims
+    h, w = x.shape[-2:]
+    pad = dilation * (k - 1) // 2
+    if pad:
+        x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    views = [
+        x[:, :, dy * dilation: dy * dilation + h, dx * dilation: dx * dilation + w]
+        for dy in range(k)
+        for dx in range(k)
+    ]
+    cols = torch.stack(views, dim=2).reshape(n, c * k * k, -1)  # (N, C k k, H W)
+    weight = kernels.reshape(n, -1, c * k * k)  # (N, M C, C k k)
+    out = torch.bmm(weight, cols)
+    return out.view(n, m, c, h, w)
 
 
 class A2SI(nn.Module):
@@ -151,6 +203,12 @@ class A2SI(nn.Module):
     ) -> None:
         super().__init__()
         self.branches = branches
+        #: Longer side (pixels) the image embedding runs at; 0 = full resolution (method).
+        self.embed_max_side = 0
+        #: Inference with the gated mixture (static graph) instead of per-config gathers.
+        self.static_selection = False
+        #: Dynamic convolutions as im2col matrix products (ONNX export, symbolic sizes).
+        self.unfold_conv = False
         self.route_dim = route_dim
         self.temperature = temperature
         self.image_embed = nn.Sequential(
@@ -169,8 +227,22 @@ class A2SI(nn.Module):
             "prototypes", hadamard_prototypes(len(CONFIGURATIONS), route_dim), persistent=False
         )
 
-    def embed_image(self, features: Tensor) -> Tensor:
-        """Pooled image embedding: ``(N, C, H, W) -> (N, embed_dim)``."""
+    def embed_image(self, features: Tensor, max_side: int | None = None) -> Tensor:
+        """Pooled image embedding: ``(N, C, H, W) -> (N, embed_dim)``.
+
+        With ``max_side`` (default :attr:`embed_max_side`) > 0 the features are first
+        block-averaged by the integer factor of :func:`embed_pool_factor` (partial blocks at
+        the right/bottom edge average their valid pixels), so the convolutions run on about
+        ``max_side^2 / (H W)`` of the pixels. The result approximates the full-resolution
+        embedding (the convolutions are non-linear); ``0`` computes it exactly.
+        """
+        k = embed_pool_factor(
+            features.shape[-2], features.shape[-1],
+            self.embed_max_side if max_side is None else max_side,
+        )
+        if k > 1:
+            features = F.avg_pool2d(features, k, stride=k, ceil_mode=True,
+                                    count_include_pad=False)
         return self.image_embed(features).mean(dim=(2, 3))
 
     def select(
@@ -219,6 +291,7 @@ class A2SI(nn.Module):
         bank: Tensor,
         kernels: KernelPredictors,
         image_emb: Tensor | None = None,
+        task_emb: Tensor | None = None,
     ) -> Tensor:
         """Compensate ``features``.
 
@@ -229,15 +302,19 @@ class A2SI(nn.Module):
             bank: the shared basis vectors ``(configs, size, dim)``.
             kernels: the shared kernel predictors.
             image_emb: precomputed :meth:`embed_image` output (shared across tasks).
+            task_emb: precomputed ``task_embed(task_vector)`` ``(N, embed_dim)`` (it
+                depends on the task only, so the engine computes it once per task).
 
         Returns:
             ``(N, C, H, W)``.
         """
         if image_emb is None:
             image_emb = self.embed_image(features)
-        gates, vectors = self.select(image_emb, self.task_embed(task_vector), bank)
-        if self.training:
-            mixed = self._mixture(features, gates, vectors, kernels)
+        if task_emb is None:
+            task_emb = self.task_embed(task_vector)
+        gates, vectors = self.select(image_emb, task_emb.to(image_emb.dtype), bank)
+        if self.training or self.static_selection:
+            mixed = self._mixture(features, gates, vectors, kernels, self.unfold_conv)
         else:
             mixed = self._selected(features, gates, vectors, kernels)
         n, m, c = mixed.shape[:3]
@@ -246,13 +323,18 @@ class A2SI(nn.Module):
         return features + strength.view(-1, 1, 1, 1).to(y.dtype) * self.out(y)
 
     @staticmethod
-    def _mixture(x: Tensor, gates: Tensor, vectors: Tensor, kernels: KernelPredictors) -> Tensor:
+    def _mixture(
+        x: Tensor, gates: Tensor, vectors: Tensor, kernels: KernelPredictors,
+        unfold: bool = False,
+    ) -> Tensor:
         """Training path: every configuration, weighted by the straight-through gates so the
         router gets gradient. Forward value equals :meth:`_selected`. ``-> (N, M, C, H, W)``.
+        ``unfold`` uses :func:`dynamic_conv_unfolded` (ONNX export with symbolic sizes).
         """
+        conv = dynamic_conv_unfolded if unfold else dynamic_conv
         out = 0
         for c, (_, dilation) in enumerate(CONFIGURATIONS):
-            y = dynamic_conv(x, kernels.predict(c, vectors[:, :, c]), dilation)
+            y = conv(x, kernels.predict(c, vectors[:, :, c]), dilation, kernels.weight_dims(c))
             out = out + gates[:, :, c, None, None, None] * y
         return out
 
@@ -315,10 +397,18 @@ class RSC(nn.Module):
         task_vector: Tensor,
         strength: Tensor,
         image_emb: Tensor | None = None,
+        task_emb: Tensor | None = None,
     ) -> Tensor:
         """Apply block ``index`` of ``modality`` (``"ir"`` or ``"vis"``); see :class:`A2SI`."""
         block = self.block(modality, index)
-        return block(features, task_vector, strength, self.bank(), self.kernels, image_emb)
+        return block(features, task_vector, strength, self.bank(), self.kernels, image_emb,
+                     task_emb)
+
+    def a2si_blocks(self) -> list[tuple[str, int, A2SI]]:
+        """Every A2SI block as ``(modality, index, block)``."""
+        return [("ir", i, b) for i, b in enumerate(self.blocks_ir)] + [
+            ("vis", i, b) for i, b in enumerate(self.blocks_vis)
+        ]
 
     def block(self, modality: str, index: int) -> A2SI:
         blocks = self.blocks_ir if modality == "ir" else self.blocks_vis
