@@ -215,3 +215,12 @@ def test_truncated_bag_is_a_bag_error(tmp_path: Path, storage: str) -> None:
         for _ in read_images(bag, TOPICS):
             pass
     assert "\n" not in str(exc.value)
+
+
+def test_help_of_bag_eval_and_replay_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["bag", "from-images", "--help"], ["bag", "info", "--help"],
+                 ["eval", "bag", "--help"], ["eval", "suite", "--help"], ["replay", "--help"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 0
+        assert "usage:" in capsys.readouterr().out
