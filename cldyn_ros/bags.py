@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,7 @@ class BagInfo:
     start_ns: int
     end_ns: int
     message_count: int
+    damaged: str | None = None  # set when the bag was salvaged record by record
 
     @property
     def duration_s(self) -> float:
@@ -94,6 +96,7 @@ class BagInfo:
             "path": str(self.path), "storage": self.storage, "distro": self.distro,
             "start_ns": self.start_ns, "end_ns": self.end_ns,
             "duration_s": round(self.duration_s, 6), "message_count": self.message_count,
+            "damaged": self.damaged,
             "topics": {t: {"type": m, "count": c} for t, (m, c) in self.topics.items()},
         }
 
@@ -133,9 +136,151 @@ def _storage_of(path: Path) -> str:
     return "?"
 
 
+# ------------------------------------------------------------------ damaged MCAP salvage
+_MCAP_MAGIC = b"\x89MCAP0\r\n"
+_OP_SCHEMA, _OP_CHANNEL, _OP_MESSAGE, _OP_CHUNK, _OP_FOOTER = 0x03, 0x04, 0x05, 0x06, 0x02
+
+
+def _mcap_file(path: Path) -> Path | None:
+    """The MCAP file a damaged bag can be salvaged from: ``path`` itself, or the only
+    ``.mcap`` file of the folder."""
+    if path.is_file():
+        return path if path.suffix == ".mcap" else None
+    files = sorted(path.glob("*.mcap")) if path.is_dir() else []
+    return files[0] if len(files) == 1 else None
+
+
+def _mcap_string(buf: Any, pos: int) -> tuple[str, int]:
+    (n,) = struct.unpack_from("<I", buf, pos)
+    return bytes(buf[pos + 4:pos + 4 + n]).decode("utf-8", "replace"), pos + 4 + n
+
+
+class _McapSalvage:
+    """Read the complete records of an MCAP file front to back, without its summary.
+
+    An interrupted recording (power loss, killed recorder) leaves an MCAP file without its
+    footer, which the regular reader refuses. The records before the damage are intact:
+    schemas, channels and messages, top-level or inside chunks (any compression; the
+    complete records of a cut-off uncompressed chunk too).
+    """
+
+    def __init__(self, file: Path) -> None:
+        self.file = file
+        self.schemas: dict[int, str] = {}
+        self.channels: dict[int, tuple[str, str]] = {}
+        self.damage: str | None = None
+        self.complete = False
+
+    def messages(self) -> Iterator[tuple[str, str, int, bytes]]:
+        with open(self.file, "rb") as fh:
+            data = fh.read()
+        if not data.startswith(_MCAP_MAGIC):
+            raise BagError(f"'{self.file}' is not an MCAP file (bad magic bytes)")
+        yield from self._records(memoryview(data), len(_MCAP_MAGIC), len(data), top=True)
+
+    def _records(self, buf: memoryview, pos: int, end: int,
+                 top: bool) -> Iterator[tuple[str, str, int, bytes]]:
+        while pos < end:
+            if pos + 9 > end:
+                self._damaged(top, f"a record header is cut off at byte {pos}")
+                return
+            op = buf[pos]
+            (length,) = struct.unpack_from("<Q", buf, pos + 1)
+            body_start, body_end = pos + 9, pos + 9 + length
+            if body_end > end:
+                if top and op == _OP_CHUNK:
+                    yield from self._partial_chunk(buf, body_start, end)
+                self._damaged(top, f"a record (opcode 0x{op:02x}) is cut off at byte {pos}")
+                return
+            try:
+                if op == _OP_SCHEMA:
+                    (sid,) = struct.unpack_from("<H", buf, body_start)
+                    self.schemas[sid], _ = _mcap_string(buf, body_start + 2)
+                elif op == _OP_CHANNEL:
+                    cid, sid = struct.unpack_from("<HH", buf, body_start)
+                    topic, _ = _mcap_string(buf, body_start + 4)
+                    self.channels[cid] = (topic, self.schemas.get(sid, "?"))
+                elif op == _OP_MESSAGE:
+                    cid, _, log_ns, _ = struct.unpack_from("<HIQQ", buf, body_start)
+                    if cid in self.channels:
+                        topic, msgtype = self.channels[cid]
+                        yield topic, msgtype, int(log_ns), bytes(buf[body_start + 22:body_end])
+                elif op == _OP_CHUNK and top:
+                    yield from self._chunk(buf, body_start, body_end)
+                elif op == _OP_FOOTER and top:
+                    self.complete = True
+                    return
+            except (struct.error, BagError, ValueError) as e:
+                self._damaged(top, f"record at byte {pos} is corrupt ({_reason(e)})")
+                return
+            pos = body_end
+        if top and not self.complete and self.damage is None:
+            self.damage = "the file ends without its footer"
+
+    def _chunk_header(self, buf: memoryview, pos: int) -> tuple[str, int, int, int]:
+        _, _, size, crc = struct.unpack_from("<QQQI", buf, pos)
+        compression, pos = _mcap_string(buf, pos + 28)
+        (n,) = struct.unpack_from("<Q", buf, pos)
+        return compression, size, pos + 8, n
+
+    def _chunk(self, buf: memoryview, start: int, end: int) -> Iterator[tuple]:
+        from rosbags.rosbag2.storage_mcap import decompress
+
+        compression, size, pos, n = self._chunk_header(buf, start)
+        try:
+            raw = decompress(bytes(buf[pos:pos + n]), compression, size, 0)
+        except Exception as e:
+            raise BagError(f"chunk cannot be decompressed: {_reason(e)}") from None
+        inner = memoryview(raw)
+        yield from self._records(inner, 0, len(inner), top=False)
+
+    def _partial_chunk(self, buf: memoryview, start: int, end: int) -> Iterator[tuple]:
+        try:
+            compression, _, pos, _ = self._chunk_header(buf, start)
+        except struct.error:
+            return
+        if compression == "":  # the complete records of the cut-off chunk are readable
+            yield from self._records(buf, pos, end, top=False)
+
+    def _damaged(self, top: bool, reason: str) -> None:
+        if self.damage is None:
+            self.damage = reason if top else f"inside a chunk, {reason}"
+
+
+def _salvage_info(path: Path, file: Path, why: str) -> BagInfo:
+    salvage = _McapSalvage(file)
+    counts: dict[str, tuple[str, int]] = {}
+    start = end = n = 0
+    for topic, msgtype, log_ns, _ in salvage.messages():
+        _, c = counts.get(topic, (msgtype, 0))
+        counts[topic] = (msgtype, c + 1)
+        start = log_ns if n == 0 else min(start, log_ns)
+        end = max(end, log_ns)
+        n += 1
+    for topic, msgtype in salvage.channels.values():
+        counts.setdefault(topic, (msgtype, 0))
+    damage = None if salvage.complete else (
+        f"{why}; salvaged {n} complete message(s) from {file.name} "
+        f"({salvage.damage or 'no footer'})")
+    return BagInfo(path, "mcap", "", counts, start, end, n, damage)
+
+
+
 def bag_info(path: str | Path) -> BagInfo:
-    """Topics, types, counts and time span of a bag (from its metadata)."""
-    reader = _open_reader(path)
+    """Topics, types, counts and time span of a bag (from its metadata).
+
+    A bag whose MCAP file the regular reader refuses (no metadata.yaml, no footer: an
+    interrupted recording) or a bare ``.mcap`` file is scanned record by record instead;
+    ``damaged`` then says what was salvaged.
+    """
+    path = Path(path)
+    try:
+        reader = _open_reader(path)
+    except BagError as e:
+        file = _mcap_file(path) if path.exists() else None
+        if file is None:
+            raise
+        return _salvage_info(path, file, str(e).split(" (a truncated")[0])
     try:
         counts: dict[str, tuple[str, int]] = {}
         for conn in reader.connections:
@@ -159,6 +304,8 @@ def check_image_topics(info: BagInfo, topics: Sequence[str]) -> None:
     holds messages; the message lists the image topics the bag does have."""
     images = sorted(t for t, (m, _) in info.topics.items() if m == IMAGE_TYPE)
     have = f"image topics in the bag: {', '.join(images) if images else 'none'}"
+    if info.damaged:
+        have += f"; the bag is damaged: {info.damaged}"
     for topic in topics:
         if topic not in info.topics:
             raise BagError(f"topic '{topic}' is not in bag '{info.path}' ({have})")
@@ -178,7 +325,15 @@ def iter_messages(
     ``topics`` None reads every topic. A file that ends early or is corrupt raises
     :class:`BagError` at the point where reading fails (messages before it were yielded).
     """
-    reader = _open_reader(path)
+    path = Path(path)
+    try:
+        reader = _open_reader(path)
+    except BagError:
+        file = _mcap_file(path) if path.exists() else None
+        if file is None:
+            raise
+        yield from _salvaged_messages(path, file, topics)
+        return
     try:
         conns = [c for c in reader.connections if topics is None or c.topic in topics]
         it = reader.messages(connections=conns) if conns else iter(())
@@ -195,6 +350,19 @@ def iter_messages(
             yield conn.topic, conn.msgtype, int(log_ns), bytes(raw)
     finally:
         reader.close()
+
+
+def _salvaged_messages(path: Path, file: Path, topics: Sequence[str] | None
+                       ) -> Iterator[tuple[str, str, int, bytes]]:
+    salvage = _McapSalvage(file)
+    count = 0
+    for item in salvage.messages():
+        count += 1
+        if topics is None or item[0] in topics:
+            yield item
+    if not salvage.complete:
+        raise BagError(f"bag '{path}' is truncated or corrupt: read {count} message(s) before "
+                       f"the damage ({salvage.damage})")
 
 
 @dataclass

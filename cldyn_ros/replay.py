@@ -100,6 +100,7 @@ class _State:
     last_metrics: dict[str, str] = field(default_factory=dict)
     published: dict[int, float] = field(default_factory=dict)  # colour stamp -> wall time
     last_output: float = 0.0
+    warnings: list[str] = field(default_factory=list)
 
 
 def _stamp_of(raw: bytes, store: Any) -> int:
@@ -276,7 +277,7 @@ def _play(bag: Path, settings: ReplaySettings, pubs: Mapping[str, Any], clock_pu
         clock_pub.publish(clock_type(clock=Time(sec=sec, nanosec=nanosec)))
 
     with tqdm(total=total, desc="replay", unit="msg", disable=not settings.progress) as bar:
-        for topic, _, log_ns, raw in iter_messages(bag, list(pubs)):
+        for topic, log_ns, raw in _messages_until_damage(bag, list(pubs), state):
             if start_wall is None:
                 start_wall, first_log = time.monotonic() + 0.1, log_ns
             target = start_wall + (log_ns - first_log) / _NS / settings.rate
@@ -297,6 +298,15 @@ def _play(bag: Path, settings: ReplaySettings, pubs: Mapping[str, Any], clock_pu
             pubs[topic].publish(raw)
             bar.update(1)
     return counts
+
+
+def _messages_until_damage(bag: Path, topics: list[str], state: _State):
+    """The bag's messages; a damaged end is recorded as a warning instead of raised."""
+    try:
+        for topic, _, log_ns, raw in iter_messages(bag, topics):
+            yield topic, log_ns, raw
+    except BagError as e:
+        state.warnings.append(f"{e}; replayed the messages before the damage")
 
 
 def _settle(state: _State, settings: ReplaySettings) -> None:
@@ -438,7 +448,8 @@ def _build_report(bag: Path, info: Any, settings: ReplaySettings, params: Mappin
         "frames": {"fused": len(records)},
         "summary": builder.summary(),
         "latency_ms": builder.latency(),
-        "warnings": live_warnings + pairing_warnings(stats, bag_settings.slop) + warnings
+        "warnings": live_warnings + state.warnings + pairing_warnings(stats, bag_settings.slop)
+        + warnings
         + builder.warnings,
         "per_pair": records,
     }

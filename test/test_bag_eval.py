@@ -187,11 +187,26 @@ def test_cli_error_paths(small_bag: Path, model_file: Path, tmp_path: Path,
     err = cli_error(capsys, ["eval", "bag", str(other), *base])
     assert "has message type 'std_msgs/msg/String', not sensor_msgs/msg/Image" in err
 
-    truncated = make_bag(tmp_path / "trunc", 0.5, "mcap", rgb_rate=10, thermal_rate=10)
-    data = next(truncated.glob("*.mcap"))
-    data.write_bytes(data.read_bytes()[:-200])
+    truncated = make_bag(tmp_path / "trunc", 0.5, "sqlite3", rgb_rate=10, thermal_rate=10)
+    data = next(truncated.glob("*.db3"))
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
     err = cli_error(capsys, ["eval", "bag", str(truncated), *base])
-    assert "truncated or corrupt" in err
+    assert "cannot open bag" in err and "truncated or corrupt" in err
+
+
+def test_truncated_mcap_is_evaluated_up_to_the_damage(tmp_path: Path, model_file: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    bag = make_bag(tmp_path / "cut", 1.0, "mcap", rgb_rate=10, thermal_rate=20)
+    data = next(bag.glob("*.mcap"))
+    data.write_bytes(data.read_bytes()[: data.stat().st_size * 2 // 3])
+    out = tmp_path / "rep"
+    assert main(["eval", "bag", str(bag), "--model", str(model_file), "--out", str(out),
+                 "--no-progress", "--metrics", "EN"]) == 0
+    assert "warning: bag" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert 3 <= report["pairing"]["pairs"] < 10
+    assert report["bag"]["damaged"]
+    assert any("before the damage" in w for w in report["warnings"])
 
 
 def test_unpaired_streams(tmp_path: Path, model_file: Path,

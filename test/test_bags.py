@@ -207,6 +207,8 @@ def test_reading_bad_bags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
 def test_truncated_bag_is_a_bag_error(tmp_path: Path, storage: str) -> None:
+    """Never anything but a BagError (sqlite3: cannot open; MCAP: salvaged, then an error
+    where the damage starts)."""
     bag = make_bag(tmp_path / "bag", 1.0, storage, rgb_rate=30, thermal_rate=30)
     data = next(p for p in bag.iterdir() if p.suffix in (".mcap", ".db3"))
     raw = data.read_bytes()
@@ -224,3 +226,34 @@ def test_help_of_bag_eval_and_replay_commands(capsys: pytest.CaptureFixture[str]
             main(argv)
         assert exc.value.code == 0
         assert "usage:" in capsys.readouterr().out
+
+
+def test_truncated_mcap_is_salvaged_up_to_the_damage(tmp_path: Path) -> None:
+    """An interrupted recording: the MCAP file has no footer (and maybe no metadata.yaml)."""
+    bag = make_bag(tmp_path / "bag", 1.0, "mcap", rgb_rate=30, thermal_rate=30)
+    intact = [(r.topic, r.stamp_ns) for r in read_images(bag, TOPICS)]
+    data = next(bag.glob("*.mcap"))
+    # The bare file of an intact bag reads completely, without metadata.yaml.
+    info = bag_info(data)
+    assert info.damaged is None and info.message_count == 60
+    assert [m[0] for m in iter_messages(data)] == [t for t, _ in intact]
+
+    raw = data.read_bytes()
+    data.write_bytes(raw[: len(raw) // 2])
+    info = bag_info(bag)
+    assert 20 <= info.message_count < 60
+    assert "salvaged" in info.damaged and "File end magic" in info.damaged
+    got = []
+    with pytest.raises(BagError, match="truncated or corrupt: read .* before the damage"):
+        for rec in read_images(bag, TOPICS):
+            got.append((rec.topic, rec.stamp_ns))
+    assert got == intact[: len(got)] and len(got) == info.message_count
+    (bag / "metadata.yaml").unlink()
+    assert "no metadata.yaml" in bag_info(bag).damaged
+    # Cut inside the first records: nothing to salvage, and the error says why.
+    data.write_bytes(raw[:100])
+    with pytest.raises(BagError, match="not in bag.*the bag is damaged"):
+        list(read_images(bag, TOPICS))
+    data.write_bytes(b"not an mcap file at all")
+    with pytest.raises(BagError, match="not an MCAP file"):
+        bag_info(bag)
