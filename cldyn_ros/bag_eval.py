@@ -332,6 +332,7 @@ def evaluate_bag(
                                        f"{result.color_order}8", pair.color.stamp_ns,
                                        pair.color.frame_id, log_ns)
 
+    not_copied: set[str] = set()
     progress = tqdm(total=n_msgs, desc="eval bag", unit="msg", disable=not settings.progress)
     decode_errors = 0
     last_log = 0
@@ -339,8 +340,12 @@ def evaluate_bag(
         topics = None if writer is not None else [settings.thermal_topic, settings.rgb_topic]
         for topic, msgtype, log_ns, raw in iter_messages(bag, topics):
             last_log = log_ns
-            if writer is not None:
-                writer.write_raw(topic, log_ns, raw, msgtype)
+            if writer is not None and topic not in not_copied:
+                try:
+                    writer.write_raw(topic, log_ns, raw, msgtype)
+                except BagError as e:  # e.g. a custom message type unknown to rosbags
+                    not_copied.add(topic)
+                    warnings.append(f"topic '{topic}' not copied to the output bag: {e}")
             if topic not in (settings.thermal_topic, settings.rgb_topic):
                 continue
             progress.update(1)

@@ -335,3 +335,27 @@ def test_quality_suite_on_real_vifb(shared_data: Path, tmp_path: Path) -> None:
     for method in ("ADF", "CBF", "GTF", "LatLRR", "VSMWLS", "average", "max"):
         assert f"| {method} |" in text
     assert "failed" not in text
+
+
+def test_output_bag_skips_topics_it_cannot_copy(tmp_path: Path, engine: FusionEngine) -> None:
+    bag = tmp_path / "custom"
+    spec = StreamSpec(rgb_rate=10, thermal_rate=10)
+    with ImageBagWriter(bag, "mcap") as writer:
+        for frame, image in synthetic_stream(0.3, spec, H, W):
+            topic = "/thermal/image" if frame.stream == "thermal" else "/rgb/image"
+            writer.write_image(topic, image, "mono8" if frame.stream == "thermal" else "rgb8",
+                               frame.stamp_ns, "cam", frame.log_ns)
+        msg = writer.typestore.types["std_msgs/msg/String"](data="note")
+        writer.write_raw("/notes", 1, writer.typestore.serialize_cdr(msg, "std_msgs/msg/String"),
+                         "std_msgs/msg/String")
+    # Rename the type in the metadata and the MCAP schema to one rosbags cannot know.
+    data = next(bag.glob("*.mcap"))
+    data.write_bytes(data.read_bytes().replace(b"std_msgs/msg/String", b"my_msgs/msg/Stringy"))
+    meta = bag / "metadata.yaml"
+    meta.write_text(meta.read_text().replace("std_msgs/msg/String", "my_msgs/msg/Stringy"))
+    report = evaluate_bag(bag, engine, BagEvalSettings(metrics=(), write_bag=True,
+                                                       progress=False), tmp_path / "ev")
+    assert report["pairing"]["pairs"] == 3
+    assert any("'/notes' not copied" in w for w in report["warnings"])
+    assert set(report["output_bag"]["topics"]) == {"/thermal/image", "/rgb/image",
+                                                   "/fused/none/image"}
