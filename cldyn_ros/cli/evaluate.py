@@ -89,6 +89,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--metrics", default=",".join(METRIC_NAMES),
                    help="comma-separated subset of metrics ('' for none)")
     b.add_argument("--batch-size", type=int, default=16, help="pairs scored per metric batch")
+    b.add_argument("--thermal-smoothing", type=float, default=0.9,
+                   help="moving-average weight of the percentile limits across frames, as "
+                   "the node's thermal_smoothing (default 0.9, the node's default)")
     b.add_argument("--no-progress", action="store_true")
     add_engine_args(b)
     b.set_defaults(func=run_bag)
@@ -177,6 +180,11 @@ def run_bag(args: argparse.Namespace) -> int:
     # Bag problems first: they are cheaper to find than loading a model.
     check_image_topics(bag_info(args.bag), [args.thermal_topic, args.rgb_topic])
     engine = engine_from_args(args)
+    # Frames of a stream, like the node: percentile limits smoothed over time.
+    from ..imaging.thermal import ThermalNormalizer
+
+    engine.normalizer = ThermalNormalizer(args.thermal_low, args.thermal_high,
+                                          args.thermal_smoothing)
     for task in tasks:
         engine.request(task)
     out = args.out or args.bag.with_name(args.bag.name.rstrip("/") + "_eval")
