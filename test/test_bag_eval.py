@@ -359,3 +359,21 @@ def test_output_bag_skips_topics_it_cannot_copy(tmp_path: Path, engine: FusionEn
     assert any("'/notes' not copied" in w for w in report["warnings"])
     assert set(report["output_bag"]["topics"]) == {"/thermal/image", "/rgb/image",
                                                    "/fused/none/image"}
+
+
+@pytest.mark.ros
+def test_rclpy_reads_the_output_bag(small_bag: Path, engine: FusionEngine,
+                                    tmp_path: Path) -> None:
+    serialization = pytest.importorskip("rclpy.serialization")
+    sensor_msgs = pytest.importorskip("sensor_msgs.msg")
+    from cldyn_ros.bags import iter_messages
+    from cldyn_ros.image_msgs import image_to_numpy
+
+    report = evaluate_bag(small_bag, engine, BagEvalSettings(
+        tasks=("detection",), metrics=(), write_bag=True, progress=False), tmp_path)
+    fused = [raw for topic, _, _, raw in iter_messages(report["output_bag"]["path"])
+             if topic == "/fused/detection/image"]
+    assert len(fused) == 10
+    for raw in fused:
+        msg = serialization.deserialize_message(raw, sensor_msgs.Image)
+        assert msg.encoding == "rgb8" and image_to_numpy(msg).shape == (H, W, 3)
