@@ -1,0 +1,125 @@
+"""Launch the cldyn_fusion node.
+
+    ros2 launch cldyn_ros fusion.launch.py thermal_topic:=/flir/image_raw \
+        rgb_topic:=/camera/color/image_raw task:=detection
+
+Parameters come from ``params_file`` (default: the installed ``config/fusion.yaml``); a
+launch argument left empty keeps the file's value, a non-empty one overrides it. ``tasks``
+is comma-separated (``tasks:=detection,segmentation``). Topic arguments remap the node's
+inputs and its single output; per-task outputs ``fused/<task>/image`` follow ``namespace``.
+
+The tables below are read by test/test_node_launch_config.py (with ``ast``, because
+launch_ros is not installable everywhere): every launch argument must map to a parameter the
+node declares, to a remapped topic, or be one of OTHER_ARGUMENTS.
+"""
+
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+from launch import LaunchDescription
+
+PACKAGE = "cldyn_ros"
+EXECUTABLE = "fusion_node"
+NODE_NAME = "cldyn_fusion"
+
+# launch argument -> (node parameter, how the text converts, description). Empty = no override.
+PARAMETER_ARGUMENTS = {
+    "task": ("task", "str", "task served on fused/image (a task of the model, or none)"),
+    "tasks": ("tasks", "str_list",
+              "comma-separated tasks; each is published on fused/<task>/image"),
+    "compensation_strength": ("compensation_strength", "float",
+                              "task compensation strength in [0, 1]"),
+    "adaptive_strength": ("adaptive_strength", "bool",
+                          "adapt the strength from scores on ~/task_feedback (true/false)"),
+    "output_encoding": ("output_encoding", "str", "rgb8 or bgr8"),
+    "device": ("device", "str", "auto, cpu, cuda or cuda:N"),
+    "precision": ("precision", "str", "fp32, fp16 or bf16"),
+    "model_path": ("model_path", "str", "model checkpoint; empty: the shipped default"),
+    "use_sim_time": ("use_sim_time", "bool", "use /clock for time stamps and latency"),
+}
+# launch argument -> the node's topic it remaps (default: unchanged).
+REMAP_ARGUMENTS = {
+    "thermal_topic": "thermal/image",
+    "rgb_topic": "rgb/image",
+    "fused_topic": "fused/image",
+}
+OTHER_ARGUMENTS = {
+    "namespace": "namespace of the node and its relative topics",
+    "params_file": "parameters file; default: the installed config/fusion.yaml",
+    "log_level": "log level (debug, info, warn, error, fatal)",
+}
+ARGUMENT_DEFAULTS = {"use_sim_time": "false", "log_level": "info"}
+
+
+def _default_params_file() -> str:
+    try:
+        from cldyn_ros.paths import find_share_file
+
+        return str(find_share_file("config/fusion.yaml"))
+    except (ImportError, FileNotFoundError):
+        return ""
+
+
+def _convert(argument: str, text: str, kind: str):
+    if kind == "str":
+        return text
+    if kind == "float":
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"launch argument {argument}:={text} is not a number") from None
+    if kind == "bool":
+        lowered = text.lower()
+        if lowered not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"launch argument {argument}:={text} is not true or false")
+        return lowered in ("true", "1", "yes")
+    if kind == "str_list":
+        return [item.strip() for item in text.split(",") if item.strip()]
+    raise ValueError(f"unknown conversion {kind!r}")
+
+
+def launch_setup(context, *args, **kwargs):
+    def value(name: str) -> str:
+        return LaunchConfiguration(name).perform(context).strip()
+
+    overrides = {}
+    for argument, (parameter, kind, _) in PARAMETER_ARGUMENTS.items():
+        text = value(argument)
+        if text:
+            converted = _convert(argument, text, kind)
+            if converted != []:  # an empty list cannot be typed: keep the file's value
+                overrides[parameter] = converted
+    remappings = [(topic, value(argument)) for argument, topic in REMAP_ARGUMENTS.items()
+                  if value(argument) and value(argument) != topic]
+    params_file = value("params_file")
+    parameters = ([params_file] if params_file else []) + [overrides]
+    return [
+        Node(
+            package=PACKAGE,
+            executable=EXECUTABLE,
+            name=NODE_NAME,
+            namespace=value("namespace"),
+            parameters=parameters,
+            remappings=remappings,
+            ros_arguments=["--log-level", value("log_level") or "info"],
+            output="screen",
+            emulate_tty=True,
+        )
+    ]
+
+
+def generate_launch_description() -> LaunchDescription:
+    arguments = []
+    for name, (_, _, description) in PARAMETER_ARGUMENTS.items():
+        arguments.append(DeclareLaunchArgument(
+            name, default_value=ARGUMENT_DEFAULTS.get(name, ""), description=description))
+    for name, topic in REMAP_ARGUMENTS.items():
+        arguments.append(DeclareLaunchArgument(
+            name, default_value=topic, description=f"topic remapped to the node's {topic}"))
+    for name, description in OTHER_ARGUMENTS.items():
+        default = _default_params_file() if name == "params_file" else ARGUMENT_DEFAULTS.get(
+            name, "")
+        arguments.append(DeclareLaunchArgument(name, default_value=default,
+                                               description=description))
+    return LaunchDescription([*arguments, OpaqueFunction(function=launch_setup)])
