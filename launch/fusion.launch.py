@@ -13,11 +13,10 @@ launch_ros is not installable everywhere): every launch argument must map to a p
 node declares, to a remapped topic, or be one of OTHER_ARGUMENTS.
 """
 
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
-
-from launch import LaunchDescription
 
 PACKAGE = "cldyn_ros"
 EXECUTABLE = "fusion_node"

@@ -226,10 +226,9 @@ def test_parameter_table_is_consistent():
 # ------------------------------------------------------------- real launch_ros
 def test_launch_file_with_launch_ros():
     pytest.importorskip("launch_ros", reason="launch_ros is not installed (no ROS 2 distro)")
+    from launch import LaunchContext
     from launch.actions import DeclareLaunchArgument
     from launch.launch_description_sources import get_launch_description_from_python_launch_file
-
-    from launch import LaunchContext
 
     description = get_launch_description_from_python_launch_file(str(LAUNCH_FILE))
     arguments = {a.name: a for a in description.entities if isinstance(a, DeclareLaunchArgument)}
