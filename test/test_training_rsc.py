@@ -125,7 +125,7 @@ def test_penalty_zero_when_compensation_does_not_hurt_positive_when_it_does() ->
         loss, l_p = reward_penalty(after, before, 5.0)
         loss.backward()
         if hurts:
-            assert float(l_p) == pytest.approx(0.3)
+            assert float(l_p.detach()) == pytest.approx(0.3)
             assert float(after.grad) == pytest.approx(6.0)
         else:
             assert float(l_p.detach()) == 0.0
