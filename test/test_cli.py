@@ -200,8 +200,9 @@ def test_train_vfn_missing_settings(capsys: pytest.CaptureFixture[str]) -> None:
 def test_demo_writes_outputs(model_file: Path, tmp_path: Path,
                              capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--pairs", "2", "--height", "48", "--width", "64",
-                 "--model", str(model_file), "--device", "cpu", "--threads", "1"]) == 0
+    assert main(["demo", "--offline", "--out", str(out), "--pairs", "2", "--height", "48",
+                 "--width", "64", "--model", str(model_file), "--device", "cpu",
+                 "--threads", "1"]) == 0
     assert (out / "contact_sheet.png").is_file()
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics) == 2
