@@ -109,6 +109,7 @@ def test_embedding_at_full_resolution_is_the_method_and_small_frames_are_untouch
 
 
 def test_embed_max_side_zero_equals_the_default_model_exactly():
+    """Frames within the default 160 px are embedded at full resolution either way."""
     model = make_model()
     ir, vis = random_inputs(1, 40, 52)
     with torch.no_grad():
@@ -136,7 +137,7 @@ def test_config_field_round_trips_and_old_checkpoints_load(tmp_path):
     assert CLDyNConfig.from_dict(config.to_dict()) == config
     old = CLDyNConfig().to_dict()
     del old["embed_max_side"]  # a checkpoint written before the field existed
-    assert CLDyNConfig.from_dict(old).embed_max_side == 0
+    assert CLDyNConfig.from_dict(old).embed_max_side == CLDyNConfig().embed_max_side == 160
     with pytest.raises(ValueError, match="embed_max_side"):
         CLDyNConfig(embed_max_side=-1)
     model = CLDyN(config).eval()
@@ -147,7 +148,8 @@ def test_config_field_round_trips_and_old_checkpoints_load(tmp_path):
 def test_engine_embed_max_side_does_not_change_the_callers_model():
     loaded = make_loaded()
     FusionEngine(loaded, device="cpu", optimize=False, embed_max_side=32)
-    assert loaded.model.embed_max_side == 0
+    FusionEngine(loaded, device="cpu", embed_max_side=0)
+    assert loaded.model.embed_max_side == 160
 
 
 # ------------------------------------------------------------------ task embeddings

@@ -12,9 +12,9 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from . import bag, demo, evaluate, fuse, info, replay, train
+from . import bag, bench, demo, evaluate, export, fuse, info, replay, train
 
-SUBCOMMANDS = (fuse, info, train, evaluate, bag, replay, demo)
+SUBCOMMANDS = (fuse, info, train, evaluate, bag, replay, bench, export, demo)
 
 
 class CLIError(Exception):

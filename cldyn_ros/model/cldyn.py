@@ -22,8 +22,10 @@ class CLDyNConfig:
     ``num_blocks`` is the paper's L (dense blocks per encoder and in the decoder),
     ``branches`` its M (dynamic-conv branches per A2SI block). ``embed_max_side`` is the
     longer side (pixels) at which the A2SI image embeddings are computed (block-averaged
-    features, see :meth:`A2SI.embed_image`); ``0`` is the method's full resolution.
-    Checkpoints written before the field existed load with the default.
+    features, see :meth:`A2SI.embed_image`); ``0`` is the method's full resolution. The
+    default 160 leaves training crops up to 160 px untouched and cuts the embedding cost
+    at 640x512 sixteen-fold (see docs/benchmarks.md, "Speed"). Checkpoints written before
+    the field existed load with the default.
     """
 
     num_blocks: int = 2
@@ -36,7 +38,7 @@ class CLDyNConfig:
     basis_dim: int = 256
     kernel_hidden: int = 32
     temperature: float = 0.5
-    embed_max_side: int = 0
+    embed_max_side: int = 160
 
     def __post_init__(self) -> None:
         if self.num_blocks < 1:

@@ -1,0 +1,104 @@
+"""``cldyn bench``: speed of the fusion engine (model level), JSON and a readable table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from ..bench import PATHS
+
+
+def _sizes(text: str) -> list[tuple[int, int]]:
+    """``640x512,1280x1024`` (width x height) -> ``[(512, 640), (1024, 1280)]``."""
+    out = []
+    for part in text.split(","):
+        w, _, h = part.strip().lower().partition("x")
+        try:
+            out.append((int(h), int(w)))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad size '{part}' (want WIDTHxHEIGHT)") from None
+    return out
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"bad list '{text}' (want integers, comma-separated)") from None
+
+
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench", help="measure fusion speed (per stage, with the plain fp32 baseline)",
+        description="Model-level benchmark of the fusion engine on synthetic frames and a "
+        "random-weight model of the default architecture (speed does not depend on the "
+        "weights). For every resolution, device and task count the plain fp32 eager "
+        "implementation (full-resolution embedding) is measured first in the same run, and "
+        "every other case reports its speed-up against it. Per-stage p50/p90/p99 (convert, "
+        "upload, normalise, preprocess, fuse, render, download, metrics, total), throughput "
+        "and peak memory; JSON with --json, a markdown table on stdout.",
+    )
+    p.add_argument("--sizes", type=_sizes, default=_sizes("640x512,1280x1024"),
+                   help="WIDTHxHEIGHT list (default 640x512,1280x1024)")
+    p.add_argument("--devices", type=_names, default=None,
+                   help="devices, e.g. cpu,cuda (default: cuda if present, else cpu)")
+    p.add_argument("--precisions", type=_names, default=["fp32"],
+                   help="fp32,fp16,bf16 (default fp32; fp16 is skipped on CPU)")
+    p.add_argument("--tasks", type=_ints, default=[1],
+                   help="task counts, e.g. 0,1,3 (0: plain fusion; default 1)")
+    p.add_argument("--paths", type=_names, default=["eager", "fast"],
+                   help=f"paths out of {','.join(PATHS)} (default eager,fast); compiled uses "
+                   "torch.compile (minutes of compilation on CPU, CUDA graphs on CUDA)")
+    p.add_argument("--embed-max-sides", type=_ints, default=[0, 160],
+                   help="A2SI embedding sizes to measure, 0 = full (default 0,160)")
+    p.add_argument("--iterations", type=int, default=5, help="measured frames per case")
+    p.add_argument("--warmup", type=int, default=1, help="unmeasured frames per case")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--metrics", action="store_true", help="also time the fast fusion metrics")
+    p.add_argument("--compile-backend", help="torch.compile backend of the compiled path "
+                   "(default inductor; 'eager' only checks the plumbing, fast)")
+    p.add_argument("--json", type=Path, help="write the full report here")
+    p.add_argument("--markdown", type=Path, help="write the table here")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bench import format_table, run_model_bench, write_report
+
+    bad = [x for x in args.paths if x not in PATHS]
+    if bad:
+        raise ValueError(f"unknown path(s) {bad}; choose from {list(PATHS)}")
+    if args.iterations < 1 or args.warmup < 0:
+        raise ValueError("--iterations must be >= 1 and --warmup >= 0")
+    devices = args.devices or (["cuda"] if torch.cuda.is_available() else ["cpu"])
+
+    def log(msg: str) -> None:
+        if not args.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    report = run_model_bench(
+        resolutions=args.sizes, devices=devices, precisions=args.precisions,
+        task_counts=args.tasks, paths=args.paths, embed_max_sides=args.embed_max_sides,
+        iterations=args.iterations, warmup=args.warmup, threads=args.threads,
+        with_metrics=args.metrics, log=log, compile_backend=args.compile_backend,
+    )
+    report["command"] = "cldyn bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else ""
+    table = format_table(report)
+    if args.json:
+        write_report(report, args.json)
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(table + "\n")
+    print(table)
+    print(json.dumps({"machine": report["machine"]}, default=str))
+    return 0
