@@ -87,8 +87,9 @@ def run_live(args: argparse.Namespace) -> int:
             print(f"demo: warning: {warning}")
     print(f"demo: {report['runtime_s']['total']:.1f} s; outputs in {args.out.resolve()}/ "
           f"(contact_sheet.png, metrics.json, latency.md, replay/)")
-    ok = sw.get("success") and phases.get("after", {}).get("frames")
-    return 0 if ok else 1
+    # Failure: the switch was refused or nothing came back. Few (or no) frames after the
+    # switch on a loaded machine are a warning in the report, not a failure.
+    return 0 if sw.get("success") and live["pairs_received"] else 1
 
 
 def _ms(value: float | None) -> str:
