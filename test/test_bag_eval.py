@@ -282,9 +282,12 @@ def test_quality_suite_regenerates_only_its_section(tmp_path: Path, model_file: 
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     data = fake_data(tmp_path / "data")
     doc = tmp_path / "docs" / "benchmarks.md"
-    argv = ["eval", "suite", "--data", str(data), "--out", str(doc), "--model", str(model_file),
-            "--metrics", "EN,SD,SSIM", "--no-progress", "--device", "cpu", "--threads", "1"]
+    cache = tmp_path / "cache.json"
+    argv = ["eval", "suite", "--data", str(data), "--out", str(doc), "--cache", str(cache),
+            "--model", str(model_file), "--metrics", "EN,SD,SSIM", "--no-progress", "--device",
+            "cpu", "--threads", "1"]
     assert main(argv) == 0
+    assert "0 reused, 22 computed" in capsys.readouterr().out
     text = doc.read_text()
     assert text.startswith("# Benchmarks") and "## Speed" in text and "## Quality" in text
     assert text.count("<!-- BEGIN quality -->") == 1 and text.count("<!-- END quality -->") == 1
@@ -300,8 +303,13 @@ def test_quality_suite_regenerates_only_its_section(tmp_path: Path, model_file: 
     # The other engineer's speed section survives a regeneration, and so does the rest.
     edited = text.replace("Not generated yet.", "| engine | fps |\n|---|---|\n| cpu | 12 |")
     doc.write_text(edited + "\nA closing note.\n")
-    assert main(argv[:-4] + ["--no-model", "--sets", "tno,vifb"]) == 0
+    assert main(["eval", "suite", "--data", str(data), "--out", str(doc), "--cache", str(cache),
+                 "--metrics", "EN,SD,SSIM", "--no-progress", "--no-model", "--sets",
+                 "tno,vifb"]) == 0
+    # Baselines and published methods come from the cache (PeerA lacks one output file).
+    assert "17 reused, 1 computed" in capsys.readouterr().out
     again = doc.read_text()
+    assert vifb.split("| average |")[1].split("\n")[0] in again
     assert "| cpu | 12 |" in again and again.endswith("A closing note.\n")
     assert "**CLDyN (ours)**" not in again and "### RoadScene" not in again
     assert again.count("<!-- BEGIN quality -->") == 1
@@ -312,14 +320,14 @@ def test_quality_suite_errors_and_missing_sets(tmp_path: Path,
     doc = tmp_path / "b.md"
     doc.write_text("# B\n\n<!-- BEGIN quality -->\nold\n")
     err = cli_error(capsys, ["eval", "suite", "--data", str(tmp_path), "--out", str(doc),
-                             "--no-model", "--metrics", "EN", "--no-progress"])
+                             "--no-model", "--metrics", "EN", "--no-progress", "--no-cache"])
     assert "only one of the markers" in err
     err = cli_error(capsys, ["eval", "suite", "--data", str(tmp_path), "--sets", "kitti",
                              "--no-model"])
     assert "unknown set" in err
     doc.write_text("# B\n")
     assert main(["eval", "suite", "--data", str(tmp_path), "--out", str(doc), "--no-model",
-                 "--metrics", "EN", "--no-progress"]) == 0
+                 "--metrics", "EN", "--no-progress", "--no-cache"]) == 0
     assert "Not generated: no pairs in" in doc.read_text()
 
 
@@ -329,7 +337,7 @@ def test_quality_suite_on_real_vifb(shared_data: Path, tmp_path: Path) -> None:
     doc = tmp_path / "b.md"
     assert main(["eval", "suite", "--data", str(shared_data), "--out", str(doc),
                  "--no-model", "--sets", "vifb,roadscene", "--limit", "1", "--metrics",
-                 "EN,SD", "--no-progress"]) == 0
+                 "EN,SD", "--no-progress", "--cache", str(tmp_path / "c.json")]) == 0
     text = doc.read_text()
     assert "(1 pairs; 20 published methods)" in text
     for method in ("ADF", "CBF", "GTF", "LatLRR", "VSMWLS", "average", "max"):

@@ -8,7 +8,13 @@ import argparse
 from pathlib import Path
 
 from ..baselines import BASELINES
-from ..evaluation import baseline_method, engine_method, evaluate, folder_method
+from ..evaluation import (
+    ScoreCache,
+    baseline_method,
+    engine_method,
+    evaluate,
+    folder_method,
+)
 from ..imaging.io import PairListing, find_pairs
 from ..metrics import METRIC_NAMES
 from .common import add_engine_args, engine_from_args, parse_task
@@ -119,6 +125,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--limit", type=int, help="only the first N pairs of each set (quick check)")
     q.add_argument("--batch-size", type=int, default=8, help="images scored per metric batch")
     q.add_argument("--json", type=Path, help="also write every table as JSON here")
+    q.add_argument("--cache", type=Path, default=Path("runs/quality_cache.json"),
+                   help="scores of the baselines and published methods are kept here and "
+                   "reused while their files and the metric code are unchanged (default "
+                   "runs/quality_cache.json)")
+    q.add_argument("--no-cache", action="store_true", help="recompute every score")
     q.add_argument("--no-progress", action="store_true")
     add_engine_args(q)
     q.set_defaults(func=run_suite)
@@ -235,6 +246,7 @@ def run_suite(args: argparse.Namespace) -> int:
     if not args.data.is_dir():
         raise ValueError(f"data folder '{args.data}' does not exist")
     engine = None if args.no_model else engine_from_args(args)
+    cache = None if args.no_cache else ScoreCache(args.cache)
     sections: list[str] = []
     tables: dict[str, object] = {}
     for name in sets:
@@ -248,15 +260,17 @@ def run_suite(args: argparse.Namespace) -> int:
         if engine is not None:
             methods[args.label] = engine_method(engine)
         methods.update({b: baseline_method(b) for b in BASELINES})
+        cache_ids = {b: (f"baseline:{b}", _no_files) for b in BASELINES}
         peers: list[str] = []
         fused_root = args.data / name / "fused"
         if fused_root.is_dir():
             for folder in sorted(p for p in fused_root.iterdir() if p.is_dir()):
                 methods[folder.name] = folder_method(folder)
+                cache_ids[folder.name] = (f"folder:{folder.resolve()}", _files_of(folder))
                 peers.append(folder.name)
         print(f"{title}: {len(listing.pairs)} pairs, {len(methods)} methods")
         table = evaluate(listing, methods, metrics, progress=not args.no_progress,
-                         batch_size=args.batch_size)
+                         batch_size=args.batch_size, cache=cache, cache_ids=cache_ids)
         tables[name] = json.loads(table.to_json())
         head = f"### {title} ({len(listing.pairs)} pairs"
         head += f"; {len(peers)} published methods)" if peers else ")"
@@ -301,8 +315,20 @@ def run_suite(args: argparse.Namespace) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(tables, indent=1))
+    if cache is not None:
+        print(f"score cache {args.cache}: {cache.hits} reused, {cache.misses} computed")
     print(f"quality tables written to {args.out}")
     return 0
+
+
+def _no_files(_name: str) -> list[Path]:
+    return []
+
+
+def _files_of(folder: Path):
+    """Pair name -> the method's output file for it (what the cache key must watch)."""
+    files = {p.stem: p for p in folder.iterdir() if p.is_file()}
+    return lambda name: [files[name]] if name in files else []
 
 
 def write_quality_section(path: Path, body: str) -> None:
