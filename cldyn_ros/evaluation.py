@@ -9,6 +9,7 @@ are quantised to 8 bits like any fused image file.
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import json
 import math
@@ -159,10 +160,12 @@ class ScoreCache:
         self.path = Path(path)
         here = Path(__file__).resolve().parent
         digest = hashlib.sha256()
-        for source in ("metrics.py", "evaluation.py", "baselines.py", "engine.py",
-                       "imaging/io.py", "imaging/thermal.py", "model/color.py"):
+        for source in ("metrics.py", "evaluation.py", "baselines.py", "imaging/io.py",
+                       "imaging/thermal.py", "model/color.py"):
             file = here / source
             digest.update(file.read_bytes() if file.exists() else b"")
+        # Of the engine only the thermal preparation matters (it changes for speed work).
+        digest.update(inspect.getsource(thermal_to_unit).encode())
         self.version = digest.hexdigest()[:16]
         self.entries: dict[str, dict[str, float]] = {}
         self.hits = self.misses = 0
