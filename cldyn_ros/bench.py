@@ -167,6 +167,65 @@ def _engine_for(case: BenchCase, loaded: LoadedModel, threads: int | None,
                         embed_max_side=case.embed_max_side, **kwargs)
 
 
+class _CaseRunner:
+    """One case's engine, frames and samples; :meth:`frame` measures one frame."""
+
+    def __init__(self, case: BenchCase, loaded: LoadedModel, threads: int | None,
+                 with_metrics: bool, compile_backend: str | None) -> None:
+        self.case = case
+        self.engine = _engine_for(case, loaded, threads, compile_backend)
+        self.engine.detailed_timings = True
+        self.thermal, self.color = synthetic_frames(case.height, case.width)
+        names = ["none"] if case.tasks == 0 else loaded.task_names[: case.tasks]
+        self.reqs = [self.engine.request(n) for n in names]
+        self.with_metrics = with_metrics
+        self.samples: dict[str, list[float]] = {}
+        self.setup_ms: list[float] = []
+        self.peak_gpu_mb = 0.0
+        self.cuda = self.engine.device.type == "cuda"
+
+    def frame(self, warm: bool = False) -> float:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.engine.device)
+        t0 = time.perf_counter()
+        result = self.engine.fuse(self.thermal, self.color, self.reqs)
+        timings = dict(result.timings)
+        if self.with_metrics:
+            from .metrics import FAST_METRICS, fusion_metrics
+
+            t1 = time.perf_counter()
+            vals = fusion_metrics(result.fused_y[:1], result.ir, result.vis_y, FAST_METRICS)
+            [float(v[0]) for v in vals.values()]
+            timings["metrics"] = (time.perf_counter() - t1) * 1000.0
+        timings["total"] = (time.perf_counter() - t0) * 1000.0
+        if self.cuda:
+            self.peak_gpu_mb = max(self.peak_gpu_mb,
+                                   torch.cuda.max_memory_allocated(self.engine.device) / 2**20)
+        if warm:
+            self.setup_ms.append(timings["total"])
+        else:
+            for k, v in timings.items():
+                self.samples.setdefault(k, []).append(v)
+        return timings["total"]
+
+    def result(self) -> dict[str, Any]:
+        stages = {k: percentiles(self.samples[k]) for k in STAGES if k in self.samples}
+        stages.update({k: percentiles(v) for k, v in self.samples.items() if k not in stages})
+        total = stages["total"]["mean"]
+        out: dict[str, Any] = {
+            **dataclasses.asdict(self.case),
+            "name": self.case.name,
+            "iterations": len(self.samples.get("total", [])),
+            "warmup_ms": self.setup_ms,
+            "stages": stages,
+            "fps": 1000.0 / total if total > 0 else float("nan"),
+            "peak_host_mb": peak_host_memory_mb(),
+        }
+        if self.cuda:
+            out["peak_gpu_mb"] = self.peak_gpu_mb
+        return out
+
+
 def measure_case(
     case: BenchCase,
     loaded: LoadedModel,
@@ -177,48 +236,38 @@ def measure_case(
     compile_backend: str | None = None,
 ) -> dict[str, Any]:
     """Run ``warmup + iterations`` frames of ``case`` through :meth:`FusionEngine.fuse` and
-    return per-stage percentiles, throughput and peak memory."""
-    engine = _engine_for(case, loaded, threads, compile_backend)
-    engine.detailed_timings = True
-    thermal, color = synthetic_frames(case.height, case.width)
-    names = ["none"] if case.tasks == 0 else loaded.task_names[: case.tasks]
-    reqs = [engine.request(n) for n in names]
-    if engine.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(engine.device)
-    samples: dict[str, list[float]] = {}
-    setup_ms = []
+    return per-stage percentiles, throughput and peak memory (GPU: this case's peak;
+    CPU: the process's peak resident memory so far)."""
+    runner = _CaseRunner(case, loaded, threads, with_metrics, compile_backend)
     for i in range(warmup + iterations):
-        t0 = time.perf_counter()
-        result = engine.fuse(thermal, color, reqs)
-        timings = dict(result.timings)
-        if with_metrics:
-            from .metrics import FAST_METRICS, fusion_metrics
+        runner.frame(warm=i < warmup)
+    return runner.result()
 
-            t1 = time.perf_counter()
-            vals = fusion_metrics(result.fused_y[:1], result.ir, result.vis_y, FAST_METRICS)
-            [float(v[0]) for v in vals.values()]
-            timings["metrics"] = (time.perf_counter() - t1) * 1000.0
-        timings["total"] = (time.perf_counter() - t0) * 1000.0
-        if i < warmup:
-            setup_ms.append(timings["total"])
-            continue
-        for k, v in timings.items():
-            samples.setdefault(k, []).append(v)
-    stages = {k: percentiles(samples[k]) for k in STAGES if k in samples}
-    stages.update({k: percentiles(v) for k, v in samples.items() if k not in stages})
-    total = stages["total"]["mean"]
-    out: dict[str, Any] = {
-        **dataclasses.asdict(case),
-        "name": case.name,
-        "iterations": iterations,
-        "warmup_ms": setup_ms,
-        "stages": stages,
-        "fps": 1000.0 / total if total > 0 else float("nan"),
-        "peak_host_mb": peak_host_memory_mb(),
-    }
-    if engine.device.type == "cuda":
-        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(engine.device) / 2**20
-    return out
+
+def _measure_interleaved(cases, loaded, iterations, warmup, threads, with_metrics,
+                         compile_backend, log) -> list[dict[str, Any] | Exception]:
+    """All cases of a group set up first, then measured round-robin, one frame each per
+    round, so a change in the machine's load hits every case alike."""
+    runners: list[_CaseRunner | Exception] = []
+    for case in cases:
+        try:
+            r = _CaseRunner(case, loaded, threads, with_metrics, compile_backend)
+            for _ in range(warmup):
+                r.frame(warm=True)
+            runners.append(r)
+        except Exception as e:  # a path this machine cannot run
+            runners.append(e)
+    for i in range(iterations):
+        if log:
+            log(f"  round {i + 1}/{iterations}")
+        for k, r in enumerate(runners):
+            if isinstance(r, Exception):
+                continue
+            try:
+                r.frame()
+            except Exception as e:
+                runners[k] = e
+    return [r if isinstance(r, Exception) else r.result() for r in runners]
 
 
 def run_model_bench(
@@ -235,6 +284,7 @@ def run_model_bench(
     loaded: LoadedModel | None = None,
     log: Callable[[str], None] | None = None,
     compile_backend: str | None = None,
+    interleave: bool = False,
 ) -> dict[str, Any]:
     """Measure every combination, with the baseline (eager, fp32, full-resolution
     embedding) of each (resolution, device, task count) measured in the same run, first.
@@ -260,17 +310,27 @@ def run_model_bench(
                     and not (device == "cpu" and p == "fp16")  # no fp16 kernels on CPU
                 ]
                 base = None
-                for case in cases:
+                if interleave:
                     if log:
+                        log(f"measuring {len(cases)} cases interleaved: {w}x{h} {device} T={t}")
+                    measured = _measure_interleaved(cases, loaded, iterations, warmup, threads,
+                                                    with_metrics, compile_backend, log)
+                for n, case in enumerate(cases):
+                    if log and not interleave:
                         log(f"measuring {case.name} ...")
                     try:
-                        r = measure_case(case, loaded, iterations, warmup, threads,
-                                         with_metrics, compile_backend)
+                        if interleave:
+                            r = measured[n]
+                            if isinstance(r, Exception):
+                                raise r
+                        else:
+                            r = measure_case(case, loaded, iterations, warmup, threads,
+                                             with_metrics, compile_backend)
                     except Exception as e:  # a path this machine cannot run: record it
                         results.append({**dataclasses.asdict(case), "name": case.name,
                                         "error": f"{type(e).__name__}: {e}"})
                         if log:
-                            log(f"  skipped: {type(e).__name__}: {e}")
+                            log(f"  skipped {case.name}: {type(e).__name__}: {e}")
                         continue
                     if case is base_case:
                         base = r["stages"]["total"]["mean"]
@@ -278,7 +338,7 @@ def run_model_bench(
                     r["speedup"] = (base / r["stages"]["total"]["mean"]) if base else None
                     results.append(r)
                     if log:
-                        log(f"  total p50 {r['stages']['total']['p50']:.1f} ms, "
+                        log(f"  {case.name}: total p50 {r['stages']['total']['p50']:.1f} ms, "
                             f"speed-up {r['speedup'] or float('nan'):.2f}x")
     return {
         "schema": SCHEMA_VERSION,
@@ -289,6 +349,7 @@ def run_model_bench(
             "precisions": list(precisions), "tasks": list(task_counts), "paths": list(paths),
             "embed_max_sides": list(embed_max_sides), "iterations": iterations,
             "warmup": warmup, "threads": threads, "compile_backend": compile_backend,
+            "interleave": interleave,
         },
         "results": results,
     }

@@ -643,7 +643,10 @@ class FusionEngine:
                 return x.float().mul_(1.0 / 65535.0)
             return torch.nan_to_num(x.float(), nan=0.0).clamp_(0.0, 1.0)
         if x.dtype == torch.uint16:  # few kernels support uint16: widen first
-            x = x.to(torch.int32)
+            try:
+                x = x.to(torch.int32)
+            except (RuntimeError, TypeError):  # no uint16 cast kernel on this device
+                x = x.cpu().to(torch.int32).to(x.device)
         lo_t, hi_t = thermal_limits_torch(x, self.normalizer.low_percentile,
                                           self.normalizer.high_percentile)
         lo, hi = (float(v) for v in torch.stack([lo_t, hi_t]).cpu())  # one small sync

@@ -85,6 +85,17 @@ def test_a_failing_case_is_recorded_not_fatal(monkeypatch):
     assert "no such kernel" in format_table(report)
 
 
+def test_interleaved_measurement_has_the_same_schema():
+    report = run_model_bench(resolutions=[(24, 32)], task_counts=[1], paths=["eager", "fast"],
+                             embed_max_sides=[0, 8], iterations=2, warmup=1, interleave=True,
+                             loaded=bench_model(tasks=1))
+    assert report["settings"]["interleave"] is True
+    assert [(r["path"], r["embed_max_side"]) for r in report["results"]] == [
+        ("eager", 0), ("eager", 8), ("fast", 0), ("fast", 8)]
+    for r in report["results"]:
+        _check_result(r)
+
+
 def test_percentiles():
     stats = percentiles(list(range(1, 101)))
     assert stats["p50"] == pytest.approx(50.5) and stats["p99"] == pytest.approx(99.01)

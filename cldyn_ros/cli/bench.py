@@ -66,6 +66,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics", action="store_true", help="also time the fast fusion metrics")
     p.add_argument("--compile-backend", help="torch.compile backend of the compiled path "
                    "(default inductor; 'eager' only checks the plumbing, fast)")
+    p.add_argument("--interleave", action="store_true",
+                   help="measure the cases of each resolution/device/task count round-robin "
+                   "(one frame each per round): fairer ratios on a machine whose load "
+                   "changes; all engines are held at once")
     p.add_argument("--json", type=Path, help="write the full report here")
     p.add_argument("--markdown", type=Path, help="write the table here")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -91,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         task_counts=args.tasks, paths=args.paths, embed_max_sides=args.embed_max_sides,
         iterations=args.iterations, warmup=args.warmup, threads=args.threads,
         with_metrics=args.metrics, log=log, compile_backend=args.compile_backend,
+        interleave=args.interleave,
     )
     report["command"] = "cldyn bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else ""
     table = format_table(report)
