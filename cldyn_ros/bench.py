@@ -528,7 +528,7 @@ def format_embed_table(study: dict[str, Any]) -> str:
     metric_keys = [k for k in study["rows"][0] if k.startswith("d")] if study["rows"] else []
     head = ("| embed max side | embedding ms (per modality) | saving | embedding rel. error "
             "| max abs dY | mean abs dY | pixels > 1/255 | branch choices changed | "
-            + " | ".join(f"max |{k}|" for k in metric_keys) + " |")
+            + " | ".join(f"max abs {k}" for k in metric_keys) + " |")
     lines = [head, "|" + "---|" * (8 + len(metric_keys))]
     lines.append(f"| full ({study['size'][1]}x{study['size'][0]}) | {study['full_embed_ms']:.0f} "
                  "| 1.0x | 0 | 0 | 0 | 0 | 0 | " + " | ".join("0" for _ in metric_keys) + " |")
