@@ -159,7 +159,8 @@ def _engine_for(case: BenchCase, loaded: LoadedModel, threads: int | None,
         from .export import export_onnx
 
         buf = io.BytesIO()  # a fixed-size export, as a deployment would use
-        export_onnx(loaded, list(loaded.task_names[: max(case.tasks, 1)]), buf,
+        tasks = list(loaded.task_names[: case.tasks]) if case.tasks else ["none"]
+        export_onnx(loaded, tasks, buf,
                     height=case.height, width=case.width, embed_max_side=case.embed_max_side)
         kwargs["backend"] = "onnx"
         kwargs["onnx_path"] = buf.getvalue()

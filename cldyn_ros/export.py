@@ -15,6 +15,9 @@ Inputs and outputs of an exported model (all float32):
   ``K`` baked task vectors (normalised inside);
 - output ``fused``: ``(T, 1, H, W)`` fused luminance in ``[0, 1]``.
 
+Exporting the task ``none`` alone gives the plain VFN graph (inputs ``ir``, ``vis_y``;
+output ``(1, 1, H, W)``): the only export of a model without RSC.
+
 Without ``blend_input`` ``T = K`` and output ``i`` is baked task ``i``. The task names,
 ``T``, ``K``, the frame size (or ``dynamic``) and the embedding size are stored in the
 model's metadata (``cldyn_ros`` key, JSON). With ``dynamic`` height and width are free;
@@ -77,6 +80,17 @@ class FusionGraph(nn.Module):
         return fused.reshape(vectors.shape[0], 1, ir.shape[-2], ir.shape[-1])
 
 
+class PlainGraph(nn.Module):
+    """Plain VFN fusion (the task ``none``): ``ir, vis_y -> fused (1, 1, H, W)``."""
+
+    def __init__(self, model: CLDyN) -> None:
+        super().__init__()
+        self.model = model.fuse_for_inference()
+
+    def forward(self, ir: Tensor, vis_y: Tensor) -> Tensor:
+        return self.model(ir, vis_y)
+
+
 def export_onnx(
     loaded: LoadedModel,
     tasks: Sequence[str],
@@ -103,10 +117,12 @@ def export_onnx(
         The metadata stored in the model.
     """
     tasks = list(tasks)
+    plain = tasks == [NO_TASK]
     if not tasks:
-        raise ExportError("name at least one task to bake in (--task NAME or --tasks a,b)")
+        raise ExportError("name at least one task to bake in (--task NAME or --tasks a,b), "
+                          f"or '{NO_TASK}' for plain fusion")
     bad = [t for t in tasks if t not in loaded.task_vectors]
-    if bad:
+    if bad and not plain:
         raise ExportError(f"unknown task(s) {bad}; this model has {loaded.task_names}"
                           + (f" ('{NO_TASK}' is strength 0 of any task)" if NO_TASK in bad
                              else ""))
@@ -117,19 +133,23 @@ def export_onnx(
     model = loaded.model.cpu().eval()
     if embed_max_side is None:
         embed_max_side = model.embed_max_side
-    vectors = torch.stack([loaded.task_vectors[t].float().cpu() for t in tasks])
-    graph = FusionGraph(model, vectors, blend_input, unfold_conv=dynamic).eval()
-    graph.model.set_embed_max_side(embed_max_side)
-    k = len(tasks)
-    t = outputs if blend_input else k
+    if plain:
+        graph: nn.Module = PlainGraph(model).eval()
+        blend_input = False
+        k = t = 1
+    else:
+        vectors = torch.stack([loaded.task_vectors[t].float().cpu() for t in tasks])
+        graph = FusionGraph(model, vectors, blend_input, unfold_conv=dynamic).eval()
+        graph.model.set_embed_max_side(embed_max_side)
+        k = len(tasks)
+        t = outputs if blend_input else k
     if t < 1:
         raise ExportError(f"outputs must be >= 1, got {t}")
     gen = torch.Generator().manual_seed(0)
     ir = torch.rand(1, 1, height, width, generator=gen)
     vis = torch.rand(1, 1, height, width, generator=gen)
-    strength = torch.ones(t)
-    args: tuple = (ir, vis, strength)
-    names = ["ir", "vis_y", "strength"]
+    args: tuple = (ir, vis) if plain else (ir, vis, torch.ones(t))
+    names = ["ir", "vis_y"] if plain else ["ir", "vis_y", "strength"]
     if blend_input:
         args = (*args, torch.full((t, k), 1.0 / k))
         names.append("weights")
@@ -139,7 +159,8 @@ def export_onnx(
                         "fused": {2: "height", 3: "width"}}
     meta = {
         "format": 1,
-        "tasks": tasks,
+        "plain": plain,
+        "tasks": [] if plain else tasks,
         "outputs": t,
         "blend_input": blend_input,
         "height": None if dynamic else height,
@@ -206,11 +227,13 @@ class OnnxRunner:
         if raw is None:
             raise ExportError("not a cldyn_ros ONNX model (no cldyn_ros metadata)")
         self.meta = json.loads(raw)
+        self.plain = bool(self.meta.get("plain", False))
         self.tasks: list[str] = self.meta["tasks"]
         missing = [t for t in self.tasks if t not in vectors]
         if missing:
             raise ExportError(f"the ONNX model's tasks {missing} are not in the loaded model")
-        self.basis = torch.stack([vectors[t].float().cpu() for t in self.tasks])  # (K, D)
+        self.basis = (torch.zeros(1, 1) if self.plain else
+                      torch.stack([vectors[t].float().cpu() for t in self.tasks]))  # (K, D)
         self.outputs = int(self.meta["outputs"])
         self.blend = bool(self.meta["blend_input"])
 
@@ -220,9 +243,7 @@ class OnnxRunner:
         threads = torch.get_num_threads()
         if path is not None:
             return cls(path, vectors, providers, threads)
-        tasks = list(tasks or engine.loaded.task_names)
-        if not tasks:
-            raise ExportError("backend='onnx' needs onnx_path or a model with tasks")
+        tasks = list(tasks or engine.loaded.task_names) or [NO_TASK]
         buf = io.BytesIO()
         side = engine.runner.model.embed_max_side
         export_onnx(engine.loaded, tasks, buf, dynamic=True, embed_max_side=side)
@@ -251,6 +272,12 @@ class OnnxRunner:
                             f"{self.meta['width']} frames, got {h}x{w} (export with --dynamic)")
         feeds_base = {"ir": ir.detach().float().cpu().numpy(),
                       "vis_y": vis_y.detach().float().cpu().numpy()}
+        if self.plain:
+            if any(not r.is_plain for r in reqs):
+                raise TaskError("this ONNX model does plain fusion only (exported with "
+                                f"--task {NO_TASK})")
+            fused = torch.from_numpy(self.session.run(["fused"], feeds_base)[0])
+            return fused.expand(len(reqs), -1, -1, -1).contiguous().to(ir.device)
         k = len(self.tasks)
         out: list[Tensor | None] = [None] * len(reqs)
         pending = list(range(len(reqs)))

@@ -137,7 +137,7 @@ def test_export_errors(loaded):
     with pytest.raises(ExportError, match="unknown task"):
         _export(loaded, ["tracking"])
     with pytest.raises(ExportError, match="none"):
-        _export(loaded, ["none"])
+        _export(loaded, ["none", "detection"])
     with pytest.raises(ExportError, match="at least one"):
         _export(loaded, [])
     with pytest.raises(ExportError, match="distinct"):
@@ -174,3 +174,20 @@ def test_cli_export_dynamic(tmp_path, loaded):
                  str(out), "--dynamic", "--height", "32", "--width", "40"]) == 0
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert sess.get_inputs()[0].shape[2:] == ["height", "width"]
+
+
+def test_plain_export_of_a_model_without_rsc(pair):
+    from helpers import make_model
+
+    from cldyn_ros.checkpoint import LoadedModel
+
+    vfn_only = LoadedModel(make_model(with_rsc=False))
+    model = _export(vfn_only, ["none"], dynamic=True)
+    sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["ir", "vis_y"]
+    engine = FusionEngine(vfn_only, device="cpu", backend="onnx", onnx_path=model)
+    ref = FusionEngine(vfn_only, device="cpu", optimize=False)
+    torch.testing.assert_close(engine.fuse(*pair, ["none"]).fused_y,
+                               ref.fuse(*pair, ["none"]).fused_y, **TOL)
+    on_the_fly = FusionEngine(vfn_only, device="cpu", backend="onnx")
+    assert on_the_fly.onnx.plain

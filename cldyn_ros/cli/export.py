@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     o = fmt.add_parser("onnx", help="ONNX (opset 17)")
     o.add_argument("--model", type=Path, help="checkpoint (default: the shipped model)")
     which = o.add_mutually_exclusive_group(required=True)
-    which.add_argument("--task", help="one task to bake in")
+    which.add_argument("--task", help="one task to bake in ('none': plain fusion, the only "
+                       "choice for a model without RSC)")
     which.add_argument("--tasks", help="comma-separated tasks to bake in (one output each)")
     o.add_argument("--out", type=Path, required=True, help="output .onnx file")
     o.add_argument("--dynamic", action="store_true",
