@@ -30,6 +30,8 @@ IMPORT_TO_ROSDEP = {
     "torch": "python3-pytorch-pip",
     "torchmetrics": "python3-torchmetrics-pip",
     "rosbags": "python3-rosbags-pip",  # also rosbags.image from rosbags-image
+    "onnx": "python3-onnx",
+    "onnxruntime": "python3-onnxruntime-pip",
     # ROS 2 packages: the rosdep key is the package name.
     **{
         name: name
