@@ -3,6 +3,7 @@
 #   make venv    create .venv (if missing) and install everything; re-running is fast
 #   make demo    run the fusion demo (writes demo_output/)
 #   make test    ruff, then pytest
+#   make colcon  colcon build + colcon test (run by make test)
 #   make lint    ruff only
 #   make lock    rewrite requirements/constraints.txt from .venv
 #   make clean   remove build products and caches (make distclean also removes .venv)
@@ -47,7 +48,7 @@ PACKAGE_SOURCES := setup.py setup.cfg package.xml resource/cldyn_ros \
 DEPS_STAMP := $(VENV)/.deps-installed
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv demo test lint lock clean distclean
+.PHONY: help venv demo test colcon lint lock clean distclean
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -83,6 +84,23 @@ demo: venv
 test: venv
 	$(VENV)/bin/ruff check .
 	$(VPY) -m pytest $(PYTEST_ARGS)
+	@$(MAKE) --no-print-directory colcon
+
+# colcon build + colcon test of this ament_python package, as a ROS 2 workspace would run
+# them (a fast subset of the suite: the whole suite already ran under pytest above).
+COLCON_DIR := build/colcon
+COLCON_TESTS ?= test/test_packaging.py test/test_paths.py test/test_model.py
+colcon: venv
+	@echo "colcon build + colcon test (into $(COLCON_DIR)/)"
+	@rm -rf $(COLCON_DIR)/test_results
+	@source $(VENV)/bin/activate && \
+	  colcon --log-base $(COLCON_DIR)/log build --base-paths . \
+	    --build-base $(COLCON_DIR)/build --install-base $(COLCON_DIR)/install >/dev/null && \
+	  colcon --log-base $(COLCON_DIR)/log test --base-paths . --return-code-on-test-failure \
+	    --build-base $(COLCON_DIR)/build --install-base $(COLCON_DIR)/install \
+	    --test-result-base $(COLCON_DIR)/test_results --pytest-args $(COLCON_TESTS) >/dev/null; \
+	  rc=$$?; colcon test-result --test-result-base $(COLCON_DIR)/test_results --verbose; \
+	  exit $$rc
 
 lint: venv
 	$(VENV)/bin/ruff check .
