@@ -186,6 +186,7 @@ def test_gradient_reaches_every_trainable_parameter_and_no_frozen_one(pairs_dir:
 # --- training runs -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_task_run_on_generated_pairs_lowers_both_losses_and_resumes(
     pairs_dir: Path, tmp_path: Path
 ) -> None:
@@ -250,3 +251,21 @@ def test_cli_train_rsc_from_a_tasks_file(pairs_dir: Path, tmp_path: Path,
     err = capsys.readouterr().err
     assert "no layer 'bodyy'" in err and "body" in err
 
+
+
+def test_bf16_step_runs_and_stays_finite(pairs_dir: Path) -> None:
+    tasks = tasks_on(pairs_dir)
+    loop = Loop(tiny_model(active=True), tasks, torch.device("cpu"))
+    loop.train()
+    gen = torch.Generator().manual_seed(0)
+    batches = [t.train.batch(2, 32, gen) for t in tasks]
+    params = loop.trainable()
+    optim = torch.optim.Adam(params, lr=1e-2)
+    stats = train_step(loop, batches, RSCTrainConfig(vfn="", out="", precision="bf16"), optim)
+    for t in tasks:
+        assert all(torch.isfinite(torch.tensor(stats[t.name][k]))
+                   for k in ("before", "after", "penalty"))
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in params)
+    assert stats["_grad_norm"] > 0
+    with pytest.raises(ValueError, match="precision"):
+        RSCTrainConfig(vfn="", out="", precision="fp16")
