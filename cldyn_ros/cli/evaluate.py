@@ -285,8 +285,11 @@ def run_suite(args: argparse.Namespace) -> int:
     if engine is not None:
         meta = engine.loaded.metadata or {}
         model = f"`{args.model or 'models/cldyn_default.pt (shipped default)'}`"
-        if meta.get("trained_on"):
-            model += f", trained on {meta['trained_on']}"
+        trained = meta.get("trained_on")
+        if isinstance(trained, dict):
+            trained = "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in trained.items())
+        if trained:
+            model += f", trained on {trained}"
     command = "cldyn eval suite --data " + str(args.data) + " --out " + str(args.out)
     if args.model:
         command += f" --model {args.model}"
