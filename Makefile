@@ -4,6 +4,7 @@
 #   make demo    run the fusion demo (writes demo_output/)
 #   make test    ruff, then pytest
 #   make colcon  colcon build + colcon test (run by make test)
+#   make benchmarks  regenerate the quality tables of docs/benchmarks.md (needs ../shared/data)
 #   make lint    ruff only
 #   make lock    rewrite requirements/constraints.txt from .venv
 #   make clean   remove build products and caches (make distclean also removes .venv)
@@ -48,7 +49,7 @@ PACKAGE_SOURCES := setup.py setup.cfg package.xml resource/cldyn_ros \
 DEPS_STAMP := $(VENV)/.deps-installed
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv demo test colcon lint lock clean distclean
+.PHONY: help venv demo test colcon benchmarks lint lock clean distclean
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -101,6 +102,9 @@ colcon: venv
 	    --test-result-base $(COLCON_DIR)/test_results --pytest-args $(COLCON_TESTS) >/dev/null; \
 	  rc=$$?; colcon test-result --test-result-base $(COLCON_DIR)/test_results --verbose; \
 	  exit $$rc
+
+benchmarks: venv
+	$(VENV)/bin/cldyn eval suite --data ../shared/data --out docs/benchmarks.md
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -41,6 +41,7 @@ IMPORT_TO_ROSDEP = {
             "std_msgs",
             "std_srvs",
             "diagnostic_msgs",
+            "rosgraph_msgs",
             "builtin_interfaces",
             "rcl_interfaces",
             "ament_index_python",
