@@ -6,13 +6,17 @@
 #      (plain fp32 baseline, same run) and fast paths, full and reduced embedding
 #   4. compiled (torch.compile + CUDA graphs) and ONNX paths at 640x512, fp16
 #   5. soak: steady GPU memory over many frames (growth check)
+#   6. node level: the real node over real DDS at 30 Hz colour / 60 Hz thermal, 640x512,
+#      fp16, default model: stamp -> fused frame latency, drops, node RSS/GPU memory
+#      (skipped without rclpy)
 # Results (JSON + markdown) go to $OUT (or ./gpu_bench_out). Every setting can be shrunk
 # through the environment, which the CPU test of this script does:
 #   CLDYN_BENCH_DEVICE (cuda), CLDYN_BENCH_SIZES (640x512,1280x1024),
 #   CLDYN_BENCH_ITERATIONS (100), CLDYN_BENCH_COMPILED_SIZES (640x512),
 #   CLDYN_BENCH_PRECISIONS (fp32,fp16,bf16), CLDYN_BENCH_LOW (fp16),
 #   CLDYN_BENCH_SOAK_FRAMES (10000), CLDYN_BENCH_SKIP_TESTS (unset),
-#   CLDYN_BENCH_COMPILE_BACKEND (inductor), PYTHON.
+#   CLDYN_BENCH_COMPILE_BACKEND (inductor), CLDYN_BENCH_NODE_FRAMES (300),
+#   CLDYN_BENCH_NODE_SIZE (640x512), CLDYN_BENCH_SKIP_NODE (unset), PYTHON.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${OUT:-gpu_bench_out}"
@@ -27,6 +31,8 @@ CSIZES="${CLDYN_BENCH_COMPILED_SIZES:-640x512}"
 PRECS="${CLDYN_BENCH_PRECISIONS:-fp32,fp16,bf16}"
 LOW="${CLDYN_BENCH_LOW:-fp16}"
 SOAK="${CLDYN_BENCH_SOAK_FRAMES:-10000}"
+NODE_FRAMES="${CLDYN_BENCH_NODE_FRAMES:-300}"
+NODE_SIZE="${CLDYN_BENCH_NODE_SIZE:-640x512}"
 CBACKEND=()
 [ -n "${CLDYN_BENCH_COMPILE_BACKEND:-}" ] && CBACKEND=(--compile-backend "$CLDYN_BENCH_COMPILE_BACKEND")
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -95,6 +101,18 @@ json.dump(report, open(out, "w"), indent=2)
 print(json.dumps({k: report[k] for k in ("memory_start_mb", "memory_end_mb", "fps")}))
 PYEOF
 
+if [ -z "${CLDYN_BENCH_SKIP_NODE:-}" ]; then
+  if "$PY" -c "import rclpy" >/dev/null 2>&1; then
+    log "node level: $NODE_FRAMES colour frames, $NODE_SIZE, $LOW, 30/60 Hz"
+    "$PY" -m cldyn_ros.cli bench node --frames "$NODE_FRAMES" --size "$NODE_SIZE" \
+      --rgb-rate 30 --thermal-rate 60 --device "$DEVICE" --precision "$LOW" \
+      --out "$OUT_DIR/node" > "$OUT_DIR/bench_node.txt" 2>>"$OUT_DIR/log.txt" \
+      || { log "node bench FAILED (see node/node.log)"; status=1; }
+  else
+    log "node level: skipped (no rclpy)"
+  fi
+fi
+
 {
   echo "# GPU benchmark ($(date -u +%Y-%m-%dT%H:%MZ))"
   echo; echo '```'; cat "$OUT_DIR/machine.txt"; echo '```'
@@ -102,6 +120,7 @@ PYEOF
   echo; echo "## Model level (eager fp32 = baseline, same run)"; cat "$OUT_DIR/bench_model.md" 2>/dev/null
   echo; echo "## Compiled / ONNX"; cat "$OUT_DIR/bench_compiled.md" 2>/dev/null
   echo; echo "## Soak"; echo '```'; cat "$OUT_DIR/soak.json" 2>/dev/null | head -30; echo '```'
+  [ -f "$OUT_DIR/node/bench_node.md" ] && { echo; echo "## Node level (real DDS, 30/60 Hz)"; cat "$OUT_DIR/node/bench_node.md"; }
 } > "$OUT_DIR/summary.md"
 log "done (status $status): $OUT_DIR/summary.md"
 exit $status

@@ -155,6 +155,7 @@ def test_gpu_bench_script_runs_on_cpu_with_tiny_settings(tmp_path):
                CLDYN_BENCH_ITERATIONS="2", CLDYN_BENCH_PRECISIONS="fp32",
                CLDYN_BENCH_LOW="fp32", CLDYN_BENCH_SOAK_FRAMES="3",
                CLDYN_BENCH_SKIP_TESTS="1", CLDYN_BENCH_COMPILE_BACKEND="eager",
+               CLDYN_BENCH_SKIP_NODE="1",  # the node level: test_node_bench_* below
                OMP_NUM_THREADS="1")
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_bench.sh")], env=env,
                           capture_output=True, text=True, timeout=900)
@@ -170,6 +171,43 @@ def test_gpu_bench_script_runs_on_cpu_with_tiny_settings(tmp_path):
     soak = json.loads((tmp_path / "soak.json").read_text())
     assert soak["frames"] == 3 and soak["memory_end_mb"] > 0
     assert "Model level" in (tmp_path / "summary.md").read_text()
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_node_bench_report_schema_and_counts(tmp_path, capsys):
+    """``cldyn bench node``: the real node over DDS, tiny frames; counts add up (no timing
+    assertion: frames may be dropped on a busy machine, and that is reported)."""
+    pytest.importorskip("rclpy")
+    from ros_helpers import write_checkpoint
+
+    model = write_checkpoint(tmp_path / "model.pt", tasks=())
+    out = tmp_path / "node"
+    code = main(["bench", "node", "--frames", "20", "--size", "80x64", "--rgb-rate", "30",
+                 "--thermal-rate", "60", "--model", str(model), "--device", "cpu",
+                 "--threads", "1", "--warmup", "2", "--out", str(out), "--quiet"])
+    assert code == 0
+    report = json.loads((out / "bench_node.json").read_text())
+    assert report["schema"] == 1 and report["kind"] == "node"
+    assert {"torch", "cpu_count", "cuda"} <= set(report["machine"])
+    f = report["frames"]
+    assert f["sent"] == 20 and f["thermal_sent"] >= 40
+    assert f["received"] + f["dropped"] == f["sent"] and f["received"] > 0
+    assert f["dropped_in_node"] >= 0 and f["dropped_elsewhere"] >= 0
+    assert f["dropped_in_node"] + f["dropped_elsewhere"] >= f["dropped"]
+    lat = report["latency_ms"]
+    assert set(lat) == {"p50", "p90", "p99", "mean", "min"}
+    assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= report["max_latency_ms"]
+    counters = report["node_counters"]
+    assert counters["end"]["worker_processed"] >= f["received"]
+    assert counters["delta"]["worker_dropped"] >= 0
+    for when in ("ready", "start", "end"):
+        assert report["memory"][when]["rss_mb"] > 0
+        assert report["memory"][when]["gpu_mb"] is None  # CPU node
+    assert report["node"]["exit_code"] == 0 and report["cpu_percent"] >= 0
+    assert "| case |" in (out / "bench_node.md").read_text()
+    assert "80x64 cpu fp32" in capsys.readouterr().out
 
 
 def test_stage_names_are_documented():

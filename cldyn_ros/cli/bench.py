@@ -1,4 +1,5 @@
-"""``cldyn bench``: speed of the fusion engine (model level), JSON and a readable table."""
+"""``cldyn bench``: speed of the fusion engine (model level) or of the running node over
+DDS (``cldyn bench node``), JSON and a readable table."""
 
 from __future__ import annotations
 
@@ -45,8 +46,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "implementation (full-resolution embedding) is measured first in the same run, and "
         "every other case reports its speed-up against it. Per-stage p50/p90/p99 (convert, "
         "upload, normalise, preprocess, fuse, render, download, metrics, total), throughput "
-        "and peak memory; JSON with --json, a markdown table on stdout.",
+        "and peak memory; JSON with --json, a markdown table on stdout. "
+        "'cldyn bench node' instead runs the real node in its own process over real DDS, "
+        "fed at --rgb-rate/--thermal-rate for --frames colour frames (stamps = now): "
+        "end-to-end latency stamp -> fused frame received (p50/p90/p99), frames sent/"
+        "received/dropped and the node's drop counters, node CPU and memory at start and "
+        "end; bench_node.json and bench_node.md in --out.",
     )
+    p.add_argument("mode", nargs="?", choices=("model", "node"), default="model",
+                   help="model (default): the engine in this process; node: the ROS node")
     p.add_argument("--sizes", type=_sizes, default=_sizes("640x512,1280x1024"),
                    help="WIDTHxHEIGHT list (default 640x512,1280x1024)")
     p.add_argument("--devices", type=_names, default=None,
@@ -61,7 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--embed-max-sides", type=_ints, default=[0, 160],
                    help="A2SI embedding sizes to measure, 0 = full (default 0,160)")
     p.add_argument("--iterations", type=int, default=5, help="measured frames per case")
-    p.add_argument("--warmup", type=int, default=1, help="unmeasured frames per case")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="unmeasured frames per case (default 1; node: colour frames, 5)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--metrics", action="store_true", help="also time the fast fusion metrics")
     p.add_argument("--compile-backend", help="torch.compile backend of the compiled path "
@@ -73,11 +82,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, help="write the full report here")
     p.add_argument("--markdown", type=Path, help="write the table here")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    node = p.add_argument_group("node mode (cldyn bench node)")
+    node.add_argument("--frames", type=int, default=300, help="measured colour frames")
+    node.add_argument("--size", type=lambda t: _sizes(t)[0], default=(512, 640),
+                      help="WIDTHxHEIGHT of the frames (default 640x512)")
+    node.add_argument("--rgb-rate", type=float, default=30.0, help="colour rate, Hz")
+    node.add_argument("--thermal-rate", type=float, default=60.0, help="thermal rate, Hz")
+    node.add_argument("--model", help="checkpoint (default: the bundled default model)")
+    node.add_argument("--device", default="auto", help="node device: auto, cpu, cuda")
+    node.add_argument("--precision", default="fp32", help="node precision: fp32, fp16, bf16")
+    node.add_argument("--task", default="", help="node task (default: the node's)")
+    node.add_argument("--qos", choices=("best_effort", "reliable"), default="best_effort",
+                      help="input reliability of the node and of the publishers (default "
+                      "best_effort, the node's sensor-data default)")
+    node.add_argument("--out", type=Path, default=Path("bench_node"),
+                      help="folder for bench_node.json, bench_node.md and node.log")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.mode == "node":
+        return run_node(args)
     from ..bench import format_table, run_model_bench, write_report
+
+    args.warmup = 1 if args.warmup is None else args.warmup
 
     bad = [x for x in args.paths if x not in PATHS]
     if bad:
@@ -106,4 +134,35 @@ def run(args: argparse.Namespace) -> int:
         args.markdown.write_text(table + "\n")
     print(table)
     print(json.dumps({"machine": report["machine"]}, default=str))
+    return 0
+
+
+def run_node(args: argparse.Namespace) -> int:
+    from ..node_bench import NodeBenchSettings, format_node_table, run_node_bench
+    from ..paths import default_model_path
+
+    def log(msg: str) -> None:
+        if not args.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    h, w = args.size
+    settings = NodeBenchSettings(
+        model=str(args.model or default_model_path()), frames=args.frames, height=h, width=w,
+        rgb_rate=args.rgb_rate, thermal_rate=args.thermal_rate,
+        warmup=5 if args.warmup is None else args.warmup, device=args.device,
+        precision=args.precision, task=args.task, threads=args.threads or 0, qos=args.qos,
+        out=str(args.out))
+    report = run_node_bench(settings, log=log)
+    report["command"] = "cldyn bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else ""
+    from ..bench import write_report
+
+    write_report(report, args.out / "bench_node.json")
+    if args.json:
+        write_report(report, args.json)
+    table = format_node_table([report])
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(table + "\n")
+    print(table)
+    print(json.dumps({"machine": report["machine"], "frames": report["frames"]}, default=str))
     return 0
