@@ -16,17 +16,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
 from ..checkpoint import save_checkpoint
-from ..engine import thermal_to_unit
-from ..imaging.io import find_pairs, read_color, read_thermal
-from ..imaging.thermal import ThermalNormalizer
-from ..model import CLDyN, CLDyNConfig, FusionLoss, rgb_to_ycbcr
+from ..evaluation import load_pair
+from ..imaging.io import find_pairs
+from ..model import CLDyN, CLDyNConfig, FusionLoss
 
 
 @dataclass
@@ -70,8 +68,8 @@ def load_pairs(
 ) -> PairSet:
     """Read matched pairs (by file stem), skipping names in ``exclude``.
 
-    Infrared goes through :func:`~cldyn_ros.engine.thermal_to_unit` (``auto`` mode), exactly
-    as the engine prepares it at inference.
+    Each pair is prepared by :func:`~cldyn_ros.evaluation.load_pair`, as evaluation does
+    (infrared through the engine's ``thermal_to_unit``, visible as BT.601 luminance).
     """
     listing = find_pairs(Path(ir_dir), Path(vi_dir))
     excluded = {Path(n).stem for n in exclude}
@@ -79,14 +77,8 @@ def load_pairs(
     for name, ir_file, vi_file in listing.pairs:
         if name in excluded:
             continue
-        ir = read_thermal(ir_file)
-        rgb = read_color(vi_file)
-        ir_f = thermal_to_unit(ir, ThermalNormalizer())  # as the engine does at inference
-        ir_t = torch.from_numpy(np.ascontiguousarray(ir_f))[None, None]
-        rgb_t = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0
-        y = rgb_to_ycbcr(rgb_t)[:, :1]
-        if ir_t.shape[-2:] != y.shape[-2:]:
-            ir_t = F.interpolate(ir_t, size=y.shape[-2:], mode="bilinear", align_corners=False)
+        ir_t, ycbcr = load_pair(ir_file, vi_file)
+        y = ycbcr[:, :1]
         if resize:
             size = (resize, resize)
             ir_t = F.interpolate(ir_t, size=size, mode="bilinear", align_corners=False)
