@@ -236,6 +236,15 @@ def _subdir(root: Path, names: Sequence[str], what: str) -> Path:
     raise ValueError(f"{str(root)!r} has no {what} folder (looked for {', '.join(names)})")
 
 
+def _split_folder(root: Path, split: str) -> Path:
+    """``root/<split>`` (case-insensitive) where it exists, else ``root``: the published
+    layouts put the split folder first, but users often point at a split directly."""
+    try:
+        return _subdir(root, (split,), f"'{split}' split")
+    except ValueError:
+        return root
+
+
 def _by_stem(folder: Path, extensions: Sequence[str] = tuple(IMAGE_EXTENSIONS)) -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.iterdir())
             if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in extensions}
@@ -295,11 +304,7 @@ def read_fmb(root: str | Path, split: str = "train", preload: bool = False) -> T
     """FMB segmentation: ``<root>/<split>/{Infrared,Visible,Label}`` (the split folder is
     optional); labels are class-index PNGs (255 = ignore)."""
     root = Path(root)
-    base = root
-    try:
-        base = _subdir(root, (split,), f"'{split}' split")
-    except ValueError:
-        pass
+    base = _split_folder(root, split)
     ir = _subdir(base, ("infrared", "ir"), "infrared")
     vi = _subdir(base, ("visible", "vi", "vis", "rgb"), "visible")
     lb = _subdir(base, ("label", "labels", "mask", "masks"), "label")
@@ -312,11 +317,7 @@ def read_vt5000(root: str | Path, split: str = "Train", preload: bool = False) -
     """VT5000 salient objects: ``<root>/<split>/{T,RGB,GT}`` (the split folder is optional);
     GT masks are 0/255 and become 0/1 targets."""
     root = Path(root)
-    base = root
-    try:
-        base = _subdir(root, (split,), f"'{split}' split")
-    except ValueError:
-        pass
+    base = _split_folder(root, split)
     ir = _subdir(base, ("t", "thermal", "ir"), "thermal")
     vi = _subdir(base, ("rgb", "vi", "visible"), "visible")
     lb = _subdir(base, ("gt", "mask", "masks"), "ground-truth")
