@@ -304,9 +304,19 @@ class _Director:
 # ------------------------------------------------------------------------------ report
 def _phase_of(stamp: int, values: Mapping[str, Any] | None, switch: Switch,
               trigger_stamp: int | None, after_stamp: int | None) -> str:
-    """'before', 'after' or 'switching' (fused while the call was on its way)."""
+    """'before', 'after' or 'switching' (fused while the call was on its way).
+
+    The node's ~/metrics for the frame say which setting it was fused with; only without
+    them does the stamp decide (the worker may fuse a frame stamped before the call after
+    the new setting is in force).
+    """
     if switch.kind == "task" and values and "active_task" in values:
         return "after" if values["active_task"] == switch.after else "before"
+    if switch.kind == "thermal_stretch" and values and "thermal_low_percentile" in values:
+        after = switch.parameters_after.get("thermal_low_percentile")
+        low = _num(values["thermal_low_percentile"])
+        if after is not None and low is not None:
+            return "after" if abs(low - float(after)) < 1e-6 else "before"
     if trigger_stamp is None or stamp < trigger_stamp:
         return "before"
     if after_stamp is not None and stamp >= after_stamp:

@@ -513,6 +513,9 @@ class FusionNode(Node):
         except ValueError as e:
             raise StartupError(f"invalid parameter: {e}") from None
         self._apply_engine_settings(self._settings, None)
+        # The settings the engine was last configured with: the worker re-configures it at
+        # the start of a frame, so a frame's ~/metrics name exactly what it was fused with.
+        self._engine_settings = self._settings
         s = self._settings
 
         self._pairer = ApproximateTimePairer(s.slop, s.queue_size, s.max_delay)
@@ -687,7 +690,6 @@ class FusionNode(Node):
                     reason="slop and queue_size are fixed while use_message_filters is on",
                 )
             self._values = values
-            self._apply_engine_settings(settings, old)
             if (settings.slop, settings.queue_size, settings.max_delay) != (
                 old.slop, old.queue_size, old.max_delay
             ):
@@ -844,6 +846,9 @@ class FusionNode(Node):
             return
         started = time.monotonic_ns()
         s = self._settings
+        if s is not self._engine_settings:  # only this thread touches the engine
+            self._apply_engine_settings(s, self._engine_settings)
+            self._engine_settings = s
         color: _Image = pair.color.data
         thermal: _Image = pair.thermal.data
         strengths = self._strengths(s)
@@ -958,6 +963,8 @@ class FusionNode(Node):
             _kv("active_task", s.active_label),
             _kv("compensation_strength", s.strength),
             _kv("adaptive_strength", s.adaptive),
+            _kv("thermal_low_percentile", s.thermal_low),
+            _kv("thermal_high_percentile", s.thermal_high),
             *(_kv(f"{k}_ms", v) for k, v in latency.items()),
             *(_kv(f"{k}_ms", v) for k, v in timings.items()),
             _kv("pairing_gap_ms", pair.gap_ns / 1e6),

@@ -134,3 +134,9 @@ def test_phases_follow_the_active_task_or_the_call() -> None:
     assert _phase_of(15, {}, stretch, 10, 20) == "switching"
     assert _phase_of(20, {}, stretch, 10, 20) == "after"
     assert _phase_of(20, {}, stretch, None, None) == "before"
+    # The node's own record of the stretch it used wins over the stamp.
+    measured = Switch("thermal_stretch", "s", "a", "b",
+                      parameters_before={"thermal_low_percentile": STRETCH_AFTER[0] - 59.0},
+                      parameters_after={"thermal_low_percentile": STRETCH_AFTER[0]})
+    assert _phase_of(5, {"thermal_low_percentile": "60"}, measured, 10, 20) == "after"
+    assert _phase_of(25, {"thermal_low_percentile": "1"}, measured, 10, 20) == "before"
