@@ -88,7 +88,7 @@ class Harness(Node):
     """Plays both cameras and records fused images, ~/metrics and /diagnostics."""
 
     def __init__(self, context: Context, outputs: tuple[str, ...] = ("fused/image",),
-                 sensor_qos: bool = False) -> None:
+                 sensor_qos: bool = False, output_depth: int = 100) -> None:
         super().__init__("test_harness", context=context)
         qos = QoSProfile(depth=50, reliability=(
             ReliabilityPolicy.BEST_EFFORT if sensor_qos else ReliabilityPolicy.RELIABLE))
@@ -98,7 +98,7 @@ class Harness(Node):
         self.fused: dict[str, list[tuple[float, Image]]] = {topic: [] for topic in outputs}
         self.metrics: list[DiagnosticArray] = []
         self.diagnostics: list[DiagnosticArray] = []
-        out_qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+        out_qos = QoSProfile(depth=output_depth, reliability=ReliabilityPolicy.RELIABLE)
         for topic in outputs:
             self.create_subscription(Image, topic, self._recorder(self.fused[topic]), out_qos)
         self.create_subscription(DiagnosticArray, f"{NODE}/metrics",
