@@ -70,6 +70,9 @@ def images_by_stamp(bag: Path, topic: str) -> dict[int, np.ndarray]:
     return {r.stamp_ns: r.image for r in read_images(bag, [topic])}
 
 
+# Real-time over real DDS on a shared 2-core machine: how many pairs the node fuses
+# depends on scheduling; a real fault fails every run.
+@pytest.mark.flaky(reruns=2)
 def test_live_and_offline_agree(bag: Path, model_file: Path, fusion_node: None,
                                 tmp_path: Path) -> None:
     from cldyn_ros.engine import FusionEngine
