@@ -153,7 +153,9 @@ def test_overload_drops_frames_and_latency_does_not_grow(ros, model_path):
     thermal, colour = sample_frames()
     h.fuse(thermal, colour)
 
-    rate, seconds = 200.0, 4.0
+    # 5 s of flood: the first second settles the start-up transients (first frames through a
+    # cold worker), the second is the early window, the last second the late one.
+    rate, seconds = 200.0, 5.0
     sent: dict[int, float] = {}
     pending_max = [0, 0]
     stop = threading.Event()
@@ -199,7 +201,7 @@ def test_overload_drops_frames_and_latency_does_not_grow(ros, model_path):
     latencies = [(sent[s], t - sent[s]) for t, s in received if s in sent]
     achieved = n / elapsed
     assert achieved > 80, f"the test could only send {achieved:.0f} pairs/s"
-    first = [lat for t0, lat in latencies if t0 - start < 1.0]
+    first = [lat for t0, lat in latencies if 1.0 <= t0 - start < 2.0]
     last = [lat for t0, lat in latencies if t0 - start > seconds - 1.0]
     assert len(first) >= 3 and len(last) >= 3, (len(first), len(last))
     early, late = statistics.median(first), statistics.median(last)
