@@ -36,6 +36,9 @@ def _run_demo(out: Path, model: Path, *extra: str) -> subprocess.CompletedProces
     )
 
 
+# Real-time over real DDS on a shared 2-core machine: when the switch call goes out and
+# how many frames come back depend on scheduling; a real fault fails every run.
+@pytest.mark.flaky(reruns=2)
 @pytest.mark.ros
 @pytest.mark.slow
 @pytest.mark.timeout(300)
