@@ -146,6 +146,13 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               choices=tuple(PRECISIONS), read_only=True),
     ParamSpec("threads", "int", 0, "CPU threads for torch; 0 keeps torch's default",
               low=0, high=256, read_only=True),
+    ParamSpec("warmup_width", "int", 0,
+              "fuse one blank frame of warmup_width x warmup_height at start (kernels, "
+              "buffers, compilation) so the first real frame is not slow; 0 = no warm-up",
+              low=0, high=16384, read_only=True, constraints="0 or > 0 with warmup_height"),
+    ParamSpec("warmup_height", "int", 0, "height of the start-up warm-up frame (see "
+              "warmup_width)", low=0, high=16384, read_only=True,
+              constraints="0 or > 0 with warmup_width"),
     # --- task selection ---
     ParamSpec("task", "string", NO_TASK,
               "task the compensation serves on fused/image; 'none' is plain fusion",
@@ -507,6 +514,12 @@ class FusionNode(Node):
             reason = check_value(spec, self._values[spec.name])
             if reason:
                 raise StartupError(f"invalid parameter: {reason}")
+        if (self._values["warmup_width"] == 0) != (self._values["warmup_height"] == 0):
+            raise StartupError(
+                "invalid parameter: warmup_width and warmup_height must both be 0 (no "
+                f"warm-up) or both > 0, got {self._values['warmup_width']} x "
+                f"{self._values['warmup_height']}"
+            )
         self.engine = self._load_engine()
         try:
             self._settings = settings_from_values(self._values, self.engine.task_names)
@@ -569,6 +582,7 @@ class FusionNode(Node):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         period = float(self.get_parameter("diagnostics_period").value)
         self._timer = self.create_timer(period, self._on_timer, callback_group=self._timer_group)
+        self._warm_up(s)
         self.worker.start()
         self.get_logger().info(
             f"ready: model {self.engine.loaded.path} on {self.engine.device} "
@@ -628,6 +642,21 @@ class FusionNode(Node):
             raise StartupError(str(e)) from None
         except (ValueError, RuntimeError) as e:  # device, precision, thermal settings
             raise StartupError(f"cannot start the fusion engine: {e}") from None
+
+    def _warm_up(self, s: Settings) -> None:
+        """Fuse one blank frame of the configured warm-up size with the start requests."""
+        width, height = self._values["warmup_width"], self._values["warmup_height"]
+        if not (width and height):
+            return
+        started = time.monotonic()
+        try:
+            self.engine.warm_up(height, width, self._requests(s, {}))
+        except RuntimeError as e:  # out of memory at this size: serve anyway, say so
+            self._warn(f"warm-up at {width}x{height} failed: {_first_line(e)}")
+            return
+        self.get_logger().info(
+            f"warmed up at {width}x{height} in {time.monotonic() - started:.2f} s"
+        )
 
     def _make_inputs(self) -> None:
         qos = _qos(self._values["qos_reliability"], self._values["qos_depth"])

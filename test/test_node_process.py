@@ -88,6 +88,7 @@ def test_start_serve_and_ctrl_c(ros, model_path):
     assert code == 0, output
     assert "Traceback" not in output, output
     assert "did not stop" not in output, output
+    assert "warmed up at 640x512" in output, output  # config/fusion.yaml asks for it
 
 
 @pytest.mark.parametrize(

@@ -138,6 +138,8 @@ def test_bad_start_values_fail_with_a_reason(ros, model_path, tmp_path):
         start(model_path=str(tmp_path / "corrupt.pt"))
     with pytest.raises(StartupError, match="precision"):
         start(model_path=str(model_path), precision="fp8")
+    with pytest.raises(StartupError, match="warmup_width and warmup_height"):
+        start(model_path=str(model_path), warmup_width=64)
 
 
 def test_message_filters_option_without_the_package_warns_and_pairs(ros, model_path):
