@@ -295,8 +295,12 @@ def _sobel(grey: Tensor, border: str) -> tuple[Tensor, Tensor]:
     return strength, alpha
 
 
-def _edge_preservation(g_s: Tensor, a_s: Tensor, g_f: Tensor, a_f: Tensor) -> Tensor:
-    """Return the per-pixel edge preservation ``Q^SF = Q_g * Q_alpha`` of a source S in F."""
+def edge_preservation(g_s: Tensor, a_s: Tensor, g_f: Tensor, a_f: Tensor) -> Tensor:
+    """Return the per-pixel edge preservation ``Q^SF = Q_g * Q_alpha`` of a source S in F.
+
+    Inputs are Sobel strengths and orientations (as from the Q^AB/F Sobel); differentiable
+    almost everywhere, so the training loss in :mod:`cldyn_ros.model.losses` shares it.
+    """
     # Relative strength min/max: 1 where g_S == g_F > 0. The reference MATLAB code sets
     # G = g_F on ties instead, but with grey-level Sobel magnitudes (>= 1 where non-zero for
     # 8-bit images) both saturate the sigmoid; Q_g differs by < 6e-4 on those pixels.
@@ -350,8 +354,8 @@ def qabf(fused: Tensor, ir: Tensor, vis: Tensor, border: str = "zeros") -> Tenso
     g_f, g_a, g_b = strength.split(batch)
     a_f, a_a, a_b = alpha.split(batch)
     w_a, w_b = g_a.pow(QABF_L), g_b.pow(QABF_L)
-    q_af = _edge_preservation(g_a, a_a, g_f, a_f)
-    q_bf = _edge_preservation(g_b, a_b, g_f, a_f)
+    q_af = edge_preservation(g_a, a_a, g_f, a_f)
+    q_bf = edge_preservation(g_b, a_b, g_f, a_f)
     num = (q_af * w_a + q_bf * w_b).sum(dim=(1, 2, 3))
     den = (w_a + w_b).sum(dim=(1, 2, 3))
     return _safe_div(num, den)

@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         ("lr", float, "Adam learning rate (default 1e-3)"),
         ("intensity-weight", float, "weight of the intensity term (default 0.2)"),
         ("gradient-weight", float, "weight of the gradient term (default 1.0)"),
+        ("qabf-weight", float, "weight of the 1 - soft Q^AB/F edge-preservation term "
+         "(default 0)"),
+        ("ssim-weight", float, "weight of the 1 - SSIM term against both sources (default 0)"),
         ("val-fraction", float, "share of pairs held out for validation (default 0.1)"),
         ("seed", int, "random seed (default 0)"),
         ("max-minutes", float, "stop after this many minutes of training, saving state"),
@@ -48,6 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         ("threads", int, "CPU threads"),
     ):
         v.add_argument(f"--{name}", type=typ, help=text)
+    v.add_argument("--qabf-border", choices=("valid", "zeros", "reflect"),
+                   help="Sobel border of the Q^AB/F term (default valid: crop-interior pixels)")
+    v.add_argument("--init", help="start from the weights of this checkpoint")
     v.add_argument("--device", help="cpu, cuda, ... (default cpu)")
     v.add_argument("--no-progress", action="store_true")
     v.set_defaults(func=run_vfn)

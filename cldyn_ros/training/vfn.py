@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from ..checkpoint import save_checkpoint
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..evaluation import load_pair
 from ..imaging.io import find_pairs
 from ..model import CLDyN, CLDyNConfig, FusionLoss
@@ -42,6 +42,10 @@ class VFNTrainConfig:
     lr: float = 1e-3
     intensity_weight: float = 0.2
     gradient_weight: float = 1.0
+    qabf_weight: float = 0.0  # 1 - soft Q^AB/F (edge strength and orientation of both sources)
+    ssim_weight: float = 0.0  # 1 - mean SSIM against both sources
+    qabf_border: str = "valid"
+    init: str | None = None  # start from these weights (a checkpoint) instead of random ones
     val_fraction: float = 0.1
     seed: int = 0
     max_minutes: float | None = None  # stop (and save) after this much training time
@@ -160,8 +164,11 @@ def train_vfn(config: VFNTrainConfig, progress: bool = True) -> dict[str, Any]:
     device = torch.device(config.device)
     torch.manual_seed(config.seed)
     model = CLDyN(CLDyNConfig(num_blocks=config.num_blocks, with_rsc=False)).to(device)
+    if config.init and not state_path.exists():
+        model.load_state_dict(load_checkpoint(config.init).model.state_dict())
     optim = torch.optim.Adam(model.parameters(), lr=config.lr)
-    loss_fn = FusionLoss(config.intensity_weight, config.gradient_weight)
+    loss_fn = FusionLoss(config.intensity_weight, config.gradient_weight, config.qabf_weight,
+                         config.ssim_weight, config.qabf_border)
     generator = torch.Generator().manual_seed(config.seed)
     steps_per_epoch = max(1, math.ceil(len(train.names) / config.batch_size))
     total_steps = config.epochs * steps_per_epoch
