@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import make_model, task_vectors
 
-from cldyn_ros.checkpoint import save_checkpoint
+from cldyn_ros.checkpoint import load_checkpoint, save_checkpoint
 from cldyn_ros.cli import main
 from cldyn_ros.imaging.io import read_color, write_image
 from cldyn_ros.imaging.synthetic import generate_pairs, write_pairs
@@ -190,6 +191,18 @@ def test_train_vfn_runs_resumes_and_writes_checkpoint(
     assert info["parameters"]["rsc"] == 0
     log = (tmp_path / "vfn.train.csv").read_text().splitlines()
     assert log[0].startswith("epoch,step,train_loss,val_loss") and len(log) == 4
+
+    # Fine-tuning with the structure terms starts from --init (lr 0: the weights stay).
+    tuned = tmp_path / "tuned.pt"
+    assert main([*base[:5], str(tuned), *base[6:], "--epochs", "1", "--init", str(out),
+                 "--lr", "0", "--qabf-weight", "1", "--ssim-weight", "0.5",
+                 "--gradient-weight", "0", "--qabf-border", "zeros"]) == 0
+    start, end = load_checkpoint(out).model.state_dict(), load_checkpoint(tuned).model
+    for name, value in end.state_dict().items():
+        if value.is_floating_point():  # batch-norm statistics move in train mode
+            assert torch.equal(value, start[name]) or "running" in name, name
+    training = load_checkpoint(tuned).metadata["training"]
+    assert training["init"] == str(out) and training["qabf_weight"] == 1.0
 
 
 def test_train_vfn_missing_settings(capsys: pytest.CaptureFixture[str]) -> None:

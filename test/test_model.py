@@ -545,3 +545,52 @@ def test_sobel_magnitude_of_horizontal_ramp():
     ramp = torch.arange(23.0).view(1, 1, 1, 23).expand(1, 1, 17, 23)
     g = sobel_magnitude(ramp)
     torch.testing.assert_close(g[..., 1:-1], torch.full((1, 1, 17, 21), 8.0))
+
+
+def test_soft_qabf_equals_the_metric_and_has_finite_gradients():
+    from cldyn_ros import metrics
+    from cldyn_ros.model.losses import soft_qabf
+
+    g = torch.Generator().manual_seed(3)
+    ir, vis = torch.rand(2, 2, 1, 48, 56, generator=g).unbind(0)
+    fused = (0.6 * ir + 0.4 * vis).requires_grad_()
+    soft = soft_qabf(fused, ir, vis, border="zeros")
+    assert torch.allclose(soft, metrics.qabf(fused.detach(), ir, vis), atol=2e-3)
+    soft.sum().backward()
+    assert torch.isfinite(fused.grad).all() and fused.grad.abs().sum() > 0
+    # Flat images (gx = 0 everywhere, zero strength) must not give NaN gradients either.
+    flat = torch.full((1, 1, 16, 16), 0.5, requires_grad=True)
+    low, high = torch.full_like(flat, 0.3), torch.full_like(flat, 0.7)
+    soft_qabf(flat, low, high, "valid").sum().backward()
+    assert torch.isfinite(flat.grad).all()
+    # Copying a source preserves its edges best: the score ranks the fusions correctly.
+    assert (soft_qabf(ir, ir, vis) > soft_qabf(torch.zeros_like(ir), ir, vis)).all()
+
+
+def test_fast_ssim_of_the_loss_matches_the_metric():
+    from cldyn_ros import metrics
+    from cldyn_ros.model.losses import ssim_valid
+
+    g = torch.Generator().manual_seed(4)
+    a = torch.rand(2, 1, 64, 64, generator=g)
+    b = (a + 0.3 * torch.rand(2, 1, 64, 64, generator=g)).clamp(0, 1)
+    # The metric pads at the border, the loss uses valid positions: close, not identical.
+    assert torch.allclose(ssim_valid(a, b), metrics.ssim(a, b, b), atol=5e-3)
+    assert torch.allclose(ssim_valid(a, a), torch.ones(2), atol=1e-5)
+
+
+def test_structure_terms_of_the_fusion_loss():
+    g = torch.Generator().manual_seed(5)
+    ir, vis = torch.rand(2, 2, 1, 32, 32, generator=g).unbind(0)
+    loss = FusionLoss(intensity_weight=0.1, gradient_weight=0.0, qabf_weight=1.0,
+                      ssim_weight=0.5)
+    fused = ((ir + vis) / 2).requires_grad_()
+    value = loss(fused, ir, vis)
+    assert set(loss.components) == {"intensity", "qabf", "ssim"}
+    expected = 0.1 * loss.components["intensity"] + loss.components["qabf"] + 0.5 * (
+        loss.components["ssim"])
+    assert value.item() == pytest.approx(expected, rel=1e-5)
+    value.backward()
+    assert torch.isfinite(fused.grad).all()
+    with pytest.raises(ValueError, match="qabf_border"):
+        FusionLoss(qabf_border="mirror")
