@@ -495,7 +495,8 @@ def run_live_demo(settings: LiveDemoSettings) -> dict[str, Any]:
 
     # 1. The node first (before any rclpy.init here: no fork after it); it loads meanwhile.
     node_args = ["-r", f"__ns:={NAMESPACE}", "-p", f"model_path:={model_path}",
-                 "-p", f"threads:={settings.threads}", "-p", f"device:={settings.device}"]
+                 "-p", f"threads:={settings.threads}", "-p", f"device:={settings.device}",
+                 "-p", f"warmup_width:={settings.width}", "-p", f"warmup_height:={settings.height}"]
     node = _NodeProcess(node_args, out / "node.log", env)
     director = None
     try:

@@ -283,7 +283,8 @@ def run_node_bench(settings: NodeBenchSettings, log=None) -> dict[str, Any]:
     env = _ros_environment()
     args = ["-r", f"__ns:={NAMESPACE}", "-p", f"model_path:={Path(settings.model).resolve()}",
             "-p", f"device:={settings.device}", "-p", f"precision:={settings.precision}",
-            "-p", f"threads:={settings.threads}", "-p", f"qos_reliability:={settings.qos}"]
+            "-p", f"threads:={settings.threads}", "-p", f"qos_reliability:={settings.qos}",
+            "-p", f"warmup_width:={settings.width}", "-p", f"warmup_height:={settings.height}"]
     if settings.task:
         args += ["-p", f"task:={settings.task}"]
     t0 = time.monotonic()
