@@ -54,6 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--qabf-border", choices=("valid", "zeros", "reflect"),
                    help="Sobel border of the Q^AB/F term (default valid: crop-interior pixels)")
     v.add_argument("--init", help="start from the weights of this checkpoint")
+    v.add_argument("--prior", choices=("none", "max"),
+                   help="VFN output: none = the fused image (the method, default); max = a "
+                   "correction of max(IR, Y), starting at the maximum")
     v.add_argument("--device", help="cpu, cuda, ... (default cpu)")
     v.add_argument("--no-progress", action="store_true")
     v.set_defaults(func=run_vfn)

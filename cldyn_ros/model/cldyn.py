@@ -24,8 +24,9 @@ class CLDyNConfig:
     longer side (pixels) at which the A2SI image embeddings are computed (block-averaged
     features, see :meth:`A2SI.embed_image`); ``0`` is the method's full resolution. The
     default 160 leaves training crops up to 160 px untouched and cuts the embedding cost
-    at 640x512 sixteen-fold (see docs/benchmarks.md, "Speed"). Checkpoints written before
-    the field existed load with the default.
+    at 640x512 sixteen-fold (see docs/benchmarks.md, "Speed"). ``prior`` is the VFN's
+    output form (``"none"``, the method, or ``"max"``, see :class:`VFN`). Checkpoints
+    written before a field existed load with its default.
     """
 
     num_blocks: int = 2
@@ -39,6 +40,7 @@ class CLDyNConfig:
     kernel_hidden: int = 32
     temperature: float = 0.5
     embed_max_side: int = 160
+    prior: str = "none"  # "max": the VFN decoder corrects max(ir, vis_y), see VFN
 
     def __post_init__(self) -> None:
         if self.num_blocks < 1:
@@ -75,7 +77,7 @@ class CLDyN(nn.Module):
         super().__init__()
         self.config = config or CLDyNConfig()
         c = self.config
-        self.vfn = VFN(c.num_blocks, c.channels)
+        self.vfn = VFN(c.num_blocks, c.channels, c.prior)
         self.rsc = (
             RSC(
                 c.num_blocks,
@@ -225,7 +227,10 @@ class CLDyN(nn.Module):
                 t_emb = None if task_embeddings is None else task_embeddings[(modality, i)]
                 f = block(self.rsc.compensate(modality, i, f, tasks, strengths, emb, t_emb))
             features.append(f)
-        return self.vfn.fuse_features(*features)
+        prior = self.vfn.prior_image(ir, vis_y)
+        if prior is not None:
+            prior = prior.repeat(repeats, 1, 1, 1)
+        return self.vfn.fuse_features(*features, prior)
 
 
 def _max3x3(x: Tensor) -> Tensor:

@@ -77,7 +77,8 @@ class AttentionFusion(nn.Module):
 
 class Decoder(nn.Module):
     """Reconstruction: ``16 -> 8`` channels, ``L`` dense blocks, ``8 -> 4 -> 1``, then
-    ``(tanh + 1) / 2`` so the fused luminance lies in ``[0, 1]``.
+    ``(tanh + 1) / 2`` so the fused luminance lies in ``[0, 1]``; or, given a ``prior``
+    image, ``clamp(prior + tanh, 0, 1)``: the decoder then predicts a correction of the prior.
     Shapes: ``(N, 16, H, W) -> (N, 1, H, W)``.
     """
 
@@ -90,9 +91,11 @@ class Decoder(nn.Module):
             nn.Conv2d(channels // 2, 1, 3, padding=1, padding_mode="reflect"),
         )
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, prior: Tensor | None = None) -> Tensor:
         x = self.tail(self.blocks(self.head(x)))
-        return (torch.tanh(x) + 1.0) / 2.0
+        if prior is None:
+            return (torch.tanh(x) + 1.0) / 2.0
+        return (prior + torch.tanh(x)).clamp(0.0, 1.0)
 
 
 class VFN(nn.Module):
@@ -102,19 +105,44 @@ class VFN(nn.Module):
     ``(N, 1, H, W)`` in ``[0, 1]``, and returns the fused luminance ``(N, 1, H, W)`` in
     ``[0, 1]``. The encoders are separate modules (separate weights per modality) so
     :class:`~cldyn_ros.model.cldyn.CLDyN` can insert compensation between their blocks.
+
+    ``prior="none"`` is the method: the decoder outputs the fused image. ``prior="max"``
+    makes the decoder output a correction of the per-pixel maximum ``max(ir, vis_y)`` (one
+    maximum and one addition per pixel more, no parameters); its last convolution starts at
+    zero, so an untrained network returns the maximum itself.
     """
 
-    def __init__(self, num_blocks: int = 2, channels: int = 8) -> None:
+    PRIORS = ("none", "max")
+
+    def __init__(self, num_blocks: int = 2, channels: int = 8, prior: str = "none") -> None:
         super().__init__()
+        if prior not in self.PRIORS:
+            raise ValueError(f"prior must be one of {self.PRIORS}, got {prior!r}")
         self.num_blocks = num_blocks
+        self.prior = prior
         self.encoder_ir = Encoder(num_blocks, channels)
         self.encoder_vis = Encoder(num_blocks, channels)
         self.fusion = AttentionFusion(2 * channels, 4 * channels)
         self.decoder = Decoder(num_blocks, channels)
+        if prior != "none":
+            self.reset_output()
 
-    def fuse_features(self, f_ir: Tensor, f_vis: Tensor) -> Tensor:
-        """Attention fusion and reconstruction: ``2 x (N, 8, H, W) -> (N, 1, H, W)``."""
-        return self.decoder(self.fusion(torch.cat([f_ir, f_vis], dim=1)))
+    def reset_output(self) -> None:
+        """Zero the last convolution: with a prior, the output is then the prior itself."""
+        last = self.decoder.tail[-1]
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
+    def prior_image(self, ir: Tensor, vis_y: Tensor) -> Tensor | None:
+        """The image the decoder corrects (``None`` for the method's ``prior="none"``)."""
+        return torch.maximum(ir, vis_y) if self.prior == "max" else None
+
+    def fuse_features(self, f_ir: Tensor, f_vis: Tensor, prior: Tensor | None = None) -> Tensor:
+        """Attention fusion and reconstruction: ``2 x (N, 8, H, W) -> (N, 1, H, W)``;
+        ``prior`` is :meth:`prior_image` of the inputs (``(N, 1, H, W)``)."""
+        return self.decoder(self.fusion(torch.cat([f_ir, f_vis], dim=1)), prior)
 
     def forward(self, ir: Tensor, vis_y: Tensor) -> Tensor:
-        return self.fuse_features(self.encoder_ir(ir), self.encoder_vis(vis_y))
+        return self.fuse_features(
+            self.encoder_ir(ir), self.encoder_vis(vis_y), self.prior_image(ir, vis_y)
+        )

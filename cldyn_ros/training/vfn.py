@@ -46,6 +46,7 @@ class VFNTrainConfig:
     ssim_weight: float = 0.0  # 1 - mean SSIM against both sources
     qabf_border: str = "valid"
     init: str | None = None  # start from these weights (a checkpoint) instead of random ones
+    prior: str = "none"  # VFN output form: "none" (the method) or "max" (correction of max)
     val_fraction: float = 0.1
     seed: int = 0
     max_minutes: float | None = None  # stop (and save) after this much training time
@@ -163,9 +164,14 @@ def train_vfn(config: VFNTrainConfig, progress: bool = True) -> dict[str, Any]:
 
     device = torch.device(config.device)
     torch.manual_seed(config.seed)
-    model = CLDyN(CLDyNConfig(num_blocks=config.num_blocks, with_rsc=False)).to(device)
+    model = CLDyN(CLDyNConfig(num_blocks=config.num_blocks, with_rsc=False,
+                              prior=config.prior)).to(device)
     if config.init and not state_path.exists():
-        model.load_state_dict(load_checkpoint(config.init).model.state_dict())
+        init = load_checkpoint(config.init).model
+        model.load_state_dict(init.state_dict())
+        if init.config.prior != config.prior:
+            # The old output layer made images, not corrections of the prior: start it at 0.
+            model.vfn.reset_output()
     optim = torch.optim.Adam(model.parameters(), lr=config.lr)
     loss_fn = FusionLoss(config.intensity_weight, config.gradient_weight, config.qabf_weight,
                          config.ssim_weight, config.qabf_border)
