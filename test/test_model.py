@@ -594,3 +594,38 @@ def test_structure_terms_of_the_fusion_loss():
     assert torch.isfinite(fused.grad).all()
     with pytest.raises(ValueError, match="qabf_border"):
         FusionLoss(qabf_border="mirror")
+
+
+def test_max_prior_starts_at_the_maximum_and_keeps_the_cost():
+    config = CLDyNConfig(prior="max", task_dim=32, embed_dim=16, bank_size=4, basis_dim=32,
+                         kernel_hidden=8, branches=2)
+    model = CLDyN(config).eval()
+    assert count_parameters(model.vfn) == 34_761  # no parameters added
+    g = torch.Generator().manual_seed(6)
+    ir, vis = torch.rand(2, 2, 1, 24, 28, generator=g).unbind(0)
+    with torch.no_grad():
+        assert torch.equal(model(ir, vis), torch.maximum(ir, vis))
+        tasks = torch.randn(2, 32, generator=g)
+        assert torch.equal(model.fuse_tasks(ir, vis, tasks)[1], torch.maximum(ir, vis))
+        # Trained (non-zero) output layer: a correction of the maximum, in [0, 1], and the
+        # inference copy agrees.
+        torch.nn.init.normal_(model.vfn.decoder.tail[-1].weight, std=0.5, generator=g)
+        out = model(ir, vis)
+        assert not torch.equal(out, torch.maximum(ir, vis))
+        assert out.min() >= 0 and out.max() <= 1
+        assert torch.allclose(model.fuse_for_inference()(ir, vis), out, atol=1e-5)
+    with pytest.raises(ValueError, match="prior"):
+        CLDyN(CLDyNConfig(prior="mean"))
+
+
+def test_max_prior_survives_a_checkpoint_round_trip(tmp_path):
+    from cldyn_ros.checkpoint import load_checkpoint, save_checkpoint
+
+    model = CLDyN(CLDyNConfig(prior="max", with_rsc=False)).eval()
+    torch.nn.init.normal_(model.vfn.decoder.tail[-1].weight, std=0.1)
+    save_checkpoint(tmp_path / "m.pt", model, {}, {})
+    loaded = load_checkpoint(tmp_path / "m.pt").model.eval()
+    assert loaded.config.prior == "max"
+    ir, vis = torch.rand(2, 1, 1, 16, 16).unbind(0)
+    with torch.no_grad():
+        assert torch.equal(loaded(ir, vis), model(ir, vis))
