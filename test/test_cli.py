@@ -223,3 +223,30 @@ def test_demo_writes_outputs(model_file: Path, tmp_path: Path,
     assert set(first) == {"none", "detection", "segmentation"}
     assert len(list((out / "fused" / "detection").iterdir())) == 2
     assert str(out.resolve()) in capsys.readouterr().out
+
+
+def test_training_augmentations_are_seeded_and_validated(pair_dirs: tuple[Path, Path]) -> None:
+    from cldyn_ros.training.vfn import (
+        AUGMENTATIONS,
+        VFNTrainConfig,
+        load_pairs,
+        random_batch,
+        train_vfn,
+    )
+
+    pairs = load_pairs(*pair_dirs)
+    batches = [
+        random_batch(pairs, 4, 24, torch.Generator().manual_seed(1), (0.5, 1.5),
+                     AUGMENTATIONS, 1.0)
+        for _ in range(2)
+    ]
+    (ir, y), (ir2, y2) = batches
+    assert ir.shape == y.shape == (4, 1, 24, 24)
+    assert torch.equal(ir, ir2) and torch.equal(y, y2)  # the generator decides everything
+    assert ir.min() >= 0 and ir.max() <= 1 and y.min() >= 0 and y.max() <= 1
+    plain = random_batch(pairs, 4, 24, torch.Generator().manual_seed(1))
+    assert not torch.equal(plain[1], y)  # the augmentations changed the visible images
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        train_vfn(VFNTrainConfig(*map(str, pair_dirs), out="x.pt", augment=("rain",)))
+    with pytest.raises(ValueError, match="scale_range"):
+        train_vfn(VFNTrainConfig(*map(str, pair_dirs), out="x.pt", scale_range=(1.5, 0.5)))

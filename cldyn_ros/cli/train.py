@@ -57,10 +57,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--prior", choices=("none", "max"),
                    help="VFN output: none = the fused image (the method, default); max = a "
                    "correction of max(IR, Y), starting at the maximum")
+    v.add_argument("--scale-range", type=_float_pair, metavar="LOW,HIGH",
+                   help="random zoom of each crop, e.g. 0.5,1.5 (default none)")
+    v.add_argument("--augment", type=lambda text: tuple(t for t in text.split(",") if t),
+                   metavar="NAMES", help="comma-separated of low_light, fog, thermal_noise, "
+                   "gamma (default none)")
+    v.add_argument("--augment-p", type=float, help="probability of each augmentation "
+                   "(default 0.3)")
     v.add_argument("--device", help="cpu, cuda, ... (default cpu)")
     v.add_argument("--no-progress", action="store_true")
     v.set_defaults(func=run_vfn)
     _register_rsc(stages)
+
+
+def _float_pair(text: str) -> tuple[float, float]:
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH, got {text!r}")
+    return float(parts[0]), float(parts[1])
 
 
 def config_from_args(args: argparse.Namespace) -> VFNTrainConfig:
@@ -79,6 +93,9 @@ def config_from_args(args: argparse.Namespace) -> VFNTrainConfig:
         raise ValueError(f"missing {flags} (on the command line or in --config)")
     if values.get("resize") == 0:
         values["resize"] = None
+    for key in ("scale_range", "augment"):  # YAML lists
+        if isinstance(values.get(key), list):
+            values[key] = tuple(values[key])
     return VFNTrainConfig(**values)
 
 

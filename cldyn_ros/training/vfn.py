@@ -47,6 +47,9 @@ class VFNTrainConfig:
     qabf_border: str = "valid"
     init: str | None = None  # start from these weights (a checkpoint) instead of random ones
     prior: str = "none"  # VFN output form: "none" (the method) or "max" (correction of max)
+    scale_range: tuple[float, float] | None = None  # random zoom of each crop, e.g. (0.5, 1.5)
+    augment: tuple[str, ...] = ()  # of AUGMENTATIONS, each applied with augment_p
+    augment_p: float = 0.3
     val_fraction: float = 0.1
     seed: int = 0
     max_minutes: float | None = None  # stop (and save) after this much training time
@@ -94,28 +97,88 @@ def load_pairs(
     return pairs
 
 
-def random_batch(
-    pairs: PairSet, batch_size: int, crop: int, generator: torch.Generator
+#: Photometric augmentations of a training pair (names for ``VFNTrainConfig.augment``).
+AUGMENTATIONS = ("low_light", "fog", "thermal_noise", "gamma")
+
+
+def augment_pair(
+    ir: Tensor, y: Tensor, names: Sequence[str], p: float, generator: torch.Generator
 ) -> tuple[Tensor, Tensor]:
-    """Random crops with random flips and 90-degree rotations: two ``(B, 1, crop, crop)``."""
+    """Degrade a ``(1, H, W)`` pair as cameras do, each named effect with probability ``p``.
+
+    - ``low_light``: visible scaled by 0.1-0.5 with sensor noise (sigma up to 0.02);
+    - ``fog``: visible blended towards a bright airlight (transmission 0.4-0.8);
+    - ``thermal_noise``: gaussian noise (sigma 0.005-0.03) plus column fixed-pattern noise;
+    - ``gamma``: each modality through its own gamma in 0.6-1.6.
+    The loss then asks the fusion to keep what is left of each source.
+    """
+
+    def uniform(low: float, high: float) -> float:
+        return low + (high - low) * float(torch.rand(1, generator=generator))
+
+    def chance() -> bool:
+        return float(torch.rand(1, generator=generator)) < p
+
+    for name in names:
+        if name not in AUGMENTATIONS:
+            raise ValueError(f"unknown augmentation {name!r}; known: {AUGMENTATIONS}")
+    if "gamma" in names and chance():
+        ir = ir.clamp_min(0).pow(uniform(0.6, 1.6))
+        y = y.clamp_min(0).pow(uniform(0.6, 1.6))
+    if "low_light" in names and chance():
+        noise = torch.randn(y.shape, generator=generator) * uniform(0.0, 0.02)
+        y = y * uniform(0.1, 0.5) + noise
+    if "fog" in names and chance():
+        t = uniform(0.4, 0.8)
+        y = y * t + uniform(0.7, 1.0) * (1 - t)
+    if "thermal_noise" in names and chance():
+        noise = torch.randn(ir.shape, generator=generator) * uniform(0.005, 0.03)
+        columns = torch.randn((1, 1, ir.shape[-1]), generator=generator) * uniform(0.0, 0.02)
+        ir = ir + noise + columns
+    return ir.clamp(0, 1), y.clamp(0, 1)
+
+
+def random_batch(
+    pairs: PairSet,
+    batch_size: int,
+    crop: int,
+    generator: torch.Generator,
+    scale_range: tuple[float, float] | None = None,
+    augment: Sequence[str] = (),
+    augment_p: float = 0.3,
+) -> tuple[Tensor, Tensor]:
+    """Random crops with random flips and 90-degree rotations: two ``(B, 1, crop, crop)``.
+
+    ``scale_range`` zooms each crop by a random factor (a ``crop / s`` window resized to
+    ``crop``; ``s < 1`` shows more of the scene, as a higher-resolution camera would);
+    ``augment`` applies :func:`augment_pair`.
+    """
     irs, ys = [], []
     for _ in range(batch_size):
         i = int(torch.randint(len(pairs.names), (1,), generator=generator))
         ir, y = pairs.ir[i], pairs.vis_y[i]
         h, w = ir.shape[-2:]
-        ch, cw = min(crop, h), min(crop, w)
+        window = crop
+        if scale_range is not None:
+            low, high = scale_range
+            window = round(crop / (low + (high - low) * float(torch.rand(1, generator=generator))))
+        ch, cw = min(window, h), min(window, w)
         top = int(torch.randint(h - ch + 1, (1,), generator=generator))
         left = int(torch.randint(w - cw + 1, (1,), generator=generator))
         pair = torch.cat([ir, y])[:, top : top + ch, left : left + cw]
         if (ch, cw) != (crop, crop):
-            pair = F.interpolate(pair[None], size=(crop, crop), mode="bilinear")[0]
+            pair = F.interpolate(pair[None], size=(crop, crop), mode="bilinear",
+                                 antialias=ch > crop or cw > crop)[0]
         if torch.rand(1, generator=generator) < 0.5:
             pair = pair.flip(-1)
         if torch.rand(1, generator=generator) < 0.5:
             pair = pair.flip(-2)
         pair = torch.rot90(pair, int(torch.randint(4, (1,), generator=generator)), (-2, -1))
-        irs.append(pair[:1])
-        ys.append(pair[1:])
+        ir_crop, y_crop = pair[:1], pair[1:]
+        if augment:
+            ir_crop, y_crop = augment_pair(ir_crop, y_crop, augment, augment_p, generator)
+        irs.append(ir_crop)
+        ys.append(y_crop)
     return torch.stack(irs), torch.stack(ys)
 
 
@@ -148,6 +211,13 @@ def split_pairs(pairs: PairSet, val_fraction: float, seed: int) -> tuple[PairSet
 
 def train_vfn(config: VFNTrainConfig, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) stage-1 training; returns a summary dict."""
+    unknown = [a for a in config.augment if a not in AUGMENTATIONS]
+    if unknown:
+        raise ValueError(f"unknown augmentation(s) {unknown}; known: {list(AUGMENTATIONS)}")
+    if config.scale_range is not None:
+        low, high = (float(v) for v in config.scale_range)
+        if not 0 < low <= high:
+            raise ValueError(f"scale_range needs 0 < low <= high, got {config.scale_range}")
     if config.threads:
         torch.set_num_threads(config.threads)
     out = Path(config.out)
@@ -200,7 +270,8 @@ def train_vfn(config: VFNTrainConfig, progress: bool = True) -> dict[str, Any]:
     model.train()
     while step < total_steps and (budget is None or elapsed < budget):
         t0 = time.perf_counter()
-        ir, y = random_batch(train, config.batch_size, config.crop, generator)
+        ir, y = random_batch(train, config.batch_size, config.crop, generator,
+                             config.scale_range, config.augment, config.augment_p)
         ir, y = ir.to(device), y.to(device)
         loss = loss_fn(model(ir, y), ir, y)
         optim.zero_grad(set_to_none=True)
