@@ -334,7 +334,7 @@ class FusionEngine:
             ``False`` runs the model as loaded (the plain eager baseline).
         embed_max_side: longer side at which the A2SI image embeddings run (``0``: full
             resolution as in the method; ``None``: the checkpoint's setting).
-        channels_last: channels-last memory format (``None``: on CUDA only).
+        channels_last: channels-last memory format (``None``: with ``optimize`` and on CUDA).
         compile: ``torch.compile`` the network, once per frame size and task count (the
             first frame of a new size compiles); ``compile_mode`` defaults to
             ``reduce-overhead`` (CUDA graphs) on CUDA.
@@ -396,7 +396,9 @@ class FusionEngine:
         self.registration = registration or Registration()
         self.backend = backend
         if channels_last is None:
-            channels_last = self.device.type == "cuda"
+            # Faster on CUDA and, with the inference copy's convolutions, on CPU as well
+            # (docs/benchmarks.md); the eager baseline stays as the method runs it.
+            channels_last = optimize or self.device.type == "cuda"
         if compile and compile_mode is None and self.device.type == "cuda":
             compile_mode = "reduce-overhead"
         self._runner_args = dict(
@@ -535,8 +537,6 @@ class FusionEngine:
                     self.last_device_error, self.fallback_device)
         if self._fallback_runner is None:
             args = dict(self._runner_args, compile=False)
-            if self.fallback_device.type == "cpu":
-                args["channels_last"] = False
             import copy
 
             loaded = LoadedModel(copy.deepcopy(self.loaded.model).cpu(),

@@ -432,3 +432,22 @@ def test_cuda_preprocessing_equals_cpu():
 
 def test_replace_keeps_dataclass_config_frozen():
     assert dataclasses.replace(CLDyNConfig(), embed_max_side=8).embed_max_side == 8
+
+
+@pytest.mark.parametrize("dilation", [1, 2])
+@pytest.mark.parametrize("size", [(4, 4), (5, 5), (6, 9), (31, 40)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_reflect_conv_without_padded_copy_equals_reflect_padding(dilation, size, channels_last):
+    from cldyn_ros.model.cldyn import ReflectConv2d
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(5, 7, 3, padding=dilation, dilation=dilation,
+                           padding_mode="reflect")
+    x = torch.rand(2, 5, *size)  # small sizes take the padded fallback
+    fast = ReflectConv2d(conv)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), conv(x), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="reflect"):
+        ReflectConv2d(torch.nn.Conv2d(5, 7, 3, padding=1))

@@ -140,6 +140,10 @@ class CLDyN(nn.Module):
             if isinstance(module, ConvBNAct):
                 _fold_sequential(module)
         fused.vfn.fusion = FastAttentionFusion(fused.vfn.fusion)
+        for module in list(fused.vfn.modules()):
+            for name, child in list(module.named_children()):
+                if isinstance(child, nn.Conv2d) and child.padding_mode == "reflect":
+                    setattr(module, name, ReflectConv2d(child))
         fused.requires_grad_(False)
         return fused
 
@@ -245,7 +249,10 @@ def _max3x3(x: Tensor) -> Tensor:
 
 def _avg3x3(x: Tensor) -> Tensor:
     """3x3 stride-1 mean over the valid pixels of each window (``count_include_pad=False``),
-    as separable sums of shifted views divided by the window's pixel count."""
+    as separable sums of shifted views divided by the window's pixel count (channels-last
+    features: the pooling kernel, which is faster there)."""
+    if _channels_last(x):
+        return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
     def box(t: Tensor) -> Tensor:
         p = F.pad(t, (1, 1, 1, 1))
         s = p[..., :-2] + p[..., 1:-1] + p[..., 2:]
@@ -255,8 +262,17 @@ def _avg3x3(x: Tensor) -> Tensor:
     return box(x) / count
 
 
+def _channels_last(x: Tensor) -> bool:
+    return x.shape[1] > 1 and not x.is_contiguous() and x.is_contiguous(
+        memory_format=torch.channels_last
+    )
+
+
 def _sobel_l1(x: Tensor) -> Tensor:
-    """``|Sobel_x| + |Sobel_y|`` per channel with replicate borders, separably."""
+    """``|Sobel_x| + |Sobel_y|`` per channel with replicate borders, separably (on a
+    channels-first copy of channels-last features: shifted views along W are slow there)."""
+    if _channels_last(x):
+        return _sobel_l1(x.contiguous()).contiguous(memory_format=torch.channels_last)
     p = F.pad(x, (1, 1, 1, 1), mode="replicate")
     dx = p[..., 2:] - p[..., :-2]  # (H+2, W)
     sx = p[..., :-2] + 2.0 * p[..., 1:-1] + p[..., 2:]
@@ -267,30 +283,70 @@ def _sobel_l1(x: Tensor) -> Tensor:
 
 class FastAttentionFusion(nn.Module):
     """Inference form of :class:`AttentionFusion` with the same output: separable 3x3
-    pools and Sobel on shifted views (no pooling indices, no depthwise conv), and the two
-    spatial conv blocks run as one grouped convolution (16+16 -> 32+32) followed by one
-    convolution 64 -> 16 whose weights are the two second convolutions side by side."""
+    pools and Sobel on shifted views (no pooling indices, no depthwise conv), reflect-padded
+    convolutions without padded copies (:class:`ReflectConv2d`), and the two spatial conv
+    blocks' second convolutions summed instead of added after two sigmoid inputs are built
+    (``conv_a(h_a) + conv_m(h_m)``, the same sum the original computes)."""
 
     def __init__(self, att: AttentionFusion) -> None:
         super().__init__()
         self.mlp_avg, self.mlp_max = att.mlp_avg, att.mlp_max
-        a1, a2 = att.spatial_avg[0], att.spatial_avg[2]
-        m1, m2 = att.spatial_max[0], att.spatial_max[2]
-        with torch.no_grad():
-            self.w1 = nn.Parameter(torch.cat([a1.weight, m1.weight]), requires_grad=False)
-            self.b1 = nn.Parameter(torch.cat([a1.bias, m1.bias]), requires_grad=False)
-            self.w2 = nn.Parameter(torch.cat([a2.weight, m2.weight], 1), requires_grad=False)
-            self.b2 = nn.Parameter(a2.bias + m2.bias, requires_grad=False)
+        self.avg1, self.avg2 = ReflectConv2d(att.spatial_avg[0]), ReflectConv2d(att.spatial_avg[2])
+        self.max1, self.max2 = ReflectConv2d(att.spatial_max[0]), ReflectConv2d(att.spatial_max[2])
 
     def forward(self, features: Tensor) -> Tensor:
         g = features + _sobel_l1(features)
         channel = self.mlp_avg(g.mean(dim=(2, 3), keepdim=True)) + self.mlp_max(
             g.amax(dim=(2, 3), keepdim=True)
         )
-        pooled = torch.cat([_avg3x3(g), _max3x3(g)], dim=1)
-        h = F.conv2d(F.pad(pooled, (1, 1, 1, 1), mode="reflect"), self.w1, self.b1, groups=2)
-        h = F.conv2d(F.pad(h.relu_(), (1, 1, 1, 1), mode="reflect"), self.w2, self.b2)
-        return g * torch.sigmoid(channel * h)
+        spatial = self.avg2(self.avg1(_avg3x3(g)).relu_())
+        spatial += self.max2(self.max1(_max3x3(g)).relu_())
+        return g * torch.sigmoid(channel * spatial)
+
+
+class ReflectConv2d(nn.Module):
+    """A reflect-padded convolution computed without padding the whole input.
+
+    ``nn.Conv2d(padding_mode="reflect")`` copies the input into a padded tensor first; for
+    the wide feature maps of the VFN that copy costs as much as a thin convolution. Here the
+    convolution runs with zero padding (inside the convolution routine, no copy), and only
+    the ``p``-pixel frame of the output, the part the padding mode affects, is recomputed
+    from reflect-padded strips of the input. Same values up to float rounding.
+    Shapes: as the wrapped convolution; falls back to padding for inputs smaller than
+    ``2p + 1`` pixels.
+    """
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        if conv.padding_mode != "reflect" or conv.groups != 1 or conv.stride != (1, 1):
+            raise ValueError("ReflectConv2d wraps stride-1 ungrouped reflect-padded convs")
+        self.weight, self.bias = conv.weight, conv.bias
+        self.dilation = conv.dilation
+        self.pad = conv.padding[0]
+        if conv.padding != (self.pad, self.pad):
+            raise ValueError("ReflectConv2d needs the same padding on both axes")
+
+    def _conv(self, x: Tensor, padding: int = 0) -> Tensor:
+        return F.conv2d(x, self.weight, self.bias, padding=padding, dilation=self.dilation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = self.pad
+        h, w = x.shape[-2:]
+        if p == 0:
+            return self._conv(x)
+        if h < 3 * p or w < 3 * p:
+            return self._conv(F.pad(x, (p, p, p, p), mode="reflect"))
+        out = self._conv(x, padding=p)  # exact except the p-pixel frame
+        out[..., :p, :] = self._conv(F.pad(x[..., : 2 * p, :], (p, p, p, 0), mode="reflect"))
+        out[..., h - p :, :] = self._conv(
+            F.pad(x[..., h - 2 * p :, :], (p, p, 0, p), mode="reflect")
+        )
+        out[..., p : h - p, :p] = self._conv(F.pad(x[..., :, : 2 * p], (p, 0, 0, 0),
+                                                   mode="reflect"))
+        out[..., p : h - p, w - p :] = self._conv(
+            F.pad(x[..., :, w - 2 * p :], (0, p, 0, 0), mode="reflect")
+        )
+        return out
 
 
 def fold_batch_norm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
