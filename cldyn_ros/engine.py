@@ -253,6 +253,14 @@ class _Runner:
             model.set_embed_max_side(embed_max_side)
             if compile:
                 model.set_static_selection(True)
+        if channels_last:
+            # Weights in the same layout as the frames: oneDNN and cuDNN then run the
+            # convolutions without converting layouts on every call.
+            if model is loaded.model:
+                import copy
+
+                model = copy.deepcopy(model)
+            model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.device = device
         self.channels_last = channels_last
