@@ -629,3 +629,27 @@ def test_max_prior_survives_a_checkpoint_round_trip(tmp_path):
     ir, vis = torch.rand(2, 1, 1, 16, 16).unbind(0)
     with torch.no_grad():
         assert torch.equal(loaded(ir, vis), model(ir, vis))
+
+
+def test_detail_prior_keeps_the_textured_source_where_the_other_is_flat():
+    from cldyn_ros.model.vfn import detail_selection
+
+    g = torch.Generator().manual_seed(7)
+    vis = (0.3 + 0.2 * torch.rand(1, 1, 48, 64, generator=g)).clamp(0, 1)
+    haze = torch.full_like(vis, 0.6)  # a flat thermal image brighter than the texture
+    fused = detail_selection(haze, vis)
+    assert torch.allclose(detail_selection(vis, vis), vis, atol=1e-6)
+
+    def high_pass(x):
+        return x - F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+
+    # The texture survives: what differs from the visible image is smooth (its base mixes
+    # with the haze's), while the per-pixel maximum would return the flat haze.
+    residual = high_pass(fused - vis)[..., 8:-8, 8:-8].abs().mean()
+    texture = high_pass(vis)[..., 8:-8, 8:-8].abs().mean()
+    assert residual < 0.1 * texture
+    assert torch.equal(torch.maximum(haze, vis), haze)
+
+    model = CLDyN(CLDyNConfig(prior="detail", with_rsc=False)).eval()
+    with torch.no_grad():
+        assert torch.equal(model(haze, vis), fused)  # untrained: the prior itself

@@ -54,9 +54,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--qabf-border", choices=("valid", "zeros", "reflect"),
                    help="Sobel border of the Q^AB/F term (default valid: crop-interior pixels)")
     v.add_argument("--init", help="start from the weights of this checkpoint")
-    v.add_argument("--prior", choices=("none", "max"),
-                   help="VFN output: none = the fused image (the method, default); max = a "
-                   "correction of max(IR, Y), starting at the maximum")
+    v.add_argument("--prior", choices=("none", "max", "detail"),
+                   help="VFN output: none = the fused image (the method, default); max / "
+                   "detail = a correction of max(IR, Y) / of the multi-scale detail "
+                   "selection, starting at it")
     v.add_argument("--scale-range", type=_float_pair, metavar="LOW,HIGH",
                    help="random zoom of each crop, e.g. 0.5,1.5 (default none)")
     v.add_argument("--augment", type=lambda text: tuple(t for t in text.split(",") if t),

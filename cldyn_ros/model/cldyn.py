@@ -25,7 +25,7 @@ class CLDyNConfig:
     features, see :meth:`A2SI.embed_image`); ``0`` is the method's full resolution. The
     default 160 leaves training crops up to 160 px untouched and cuts the embedding cost
     at 640x512 sixteen-fold (see docs/benchmarks.md, "Speed"). ``prior`` is the VFN's
-    output form (``"none"``, the method, or ``"max"``, see :class:`VFN`). Checkpoints
+    output form (``"none"``, the method, ``"max"`` or ``"detail"``, see :class:`VFN`). Checkpoints
     written before a field existed load with its default.
     """
 
@@ -40,7 +40,7 @@ class CLDyNConfig:
     kernel_hidden: int = 32
     temperature: float = 0.5
     embed_max_side: int = 160
-    prior: str = "none"  # "max": the VFN decoder corrects max(ir, vis_y), see VFN
+    prior: str = "none"  # "max" / "detail": the VFN decoder corrects a prior, see VFN
 
     def __post_init__(self) -> None:
         if self.num_blocks < 1:

@@ -98,6 +98,35 @@ class Decoder(nn.Module):
         return (prior + torch.tanh(x)).clamp(0.0, 1.0)
 
 
+def _box(x: Tensor, size: int) -> Tensor:
+    """Mean over a ``size x size`` window, replicate borders. Shape-preserving."""
+    pad = size // 2
+    return F.avg_pool2d(F.pad(x, (pad, pad, pad, pad), mode="replicate"), size, stride=1)
+
+
+def detail_selection(
+    ir: Tensor, vis_y: Tensor, sizes: tuple[int, ...] = (3, 7, 15), window: int = 5
+) -> Tensor:
+    """Multi-scale detail selection: a classic fusion rule, used as the VFN's prior.
+
+    Each source is split into detail layers ``x - box_k(x)`` for the box sizes in ``sizes``
+    (each level filters the previous level's base) and a base layer. The fused image is the
+    mean of the two bases plus, per level and pixel, the detail of the source whose mean
+    absolute detail over a ``window x window`` neighbourhood is larger (so a flat, hazy
+    source does not wash out the other's texture, as the per-pixel maximum does).
+    Shapes: two ``(N, 1, H, W)`` in ``[0, 1]`` -> ``(N, 1, H, W)`` in ``[0, 1]``.
+    """
+    base_ir, base_vis = ir, vis_y
+    fused = torch.zeros_like(ir)
+    for size in sizes:
+        low_ir, low_vis = _box(base_ir, size), _box(base_vis, size)
+        d_ir, d_vis = base_ir - low_ir, base_vis - low_vis
+        keep_ir = _box(d_ir.abs(), window) >= _box(d_vis.abs(), window)
+        fused = fused + torch.where(keep_ir, d_ir, d_vis)
+        base_ir, base_vis = low_ir, low_vis
+    return (fused + (base_ir + base_vis) / 2).clamp(0.0, 1.0)
+
+
 class VFN(nn.Module):
     """Visible-infrared fusion network.
 
@@ -106,13 +135,15 @@ class VFN(nn.Module):
     ``[0, 1]``. The encoders are separate modules (separate weights per modality) so
     :class:`~cldyn_ros.model.cldyn.CLDyN` can insert compensation between their blocks.
 
-    ``prior="none"`` is the method: the decoder outputs the fused image. ``prior="max"``
-    makes the decoder output a correction of the per-pixel maximum ``max(ir, vis_y)`` (one
-    maximum and one addition per pixel more, no parameters); its last convolution starts at
-    zero, so an untrained network returns the maximum itself.
+    ``prior="none"`` is the method: the decoder outputs the fused image. With a prior the
+    decoder outputs a correction of a parameter-free fusion of the inputs: ``"max"``, the
+    per-pixel maximum ``max(ir, vis_y)``, or ``"detail"``, :func:`detail_selection` (a
+    three-level box-filter decomposition that keeps, per level and pixel, the detail of the
+    source with more local detail energy). The last convolution then starts at zero, so an
+    untrained network returns the prior itself.
     """
 
-    PRIORS = ("none", "max")
+    PRIORS = ("none", "max", "detail")
 
     def __init__(self, num_blocks: int = 2, channels: int = 8, prior: str = "none") -> None:
         super().__init__()
@@ -135,7 +166,11 @@ class VFN(nn.Module):
 
     def prior_image(self, ir: Tensor, vis_y: Tensor) -> Tensor | None:
         """The image the decoder corrects (``None`` for the method's ``prior="none"``)."""
-        return torch.maximum(ir, vis_y) if self.prior == "max" else None
+        if self.prior == "max":
+            return torch.maximum(ir, vis_y)
+        if self.prior == "detail":
+            return detail_selection(ir, vis_y)
+        return None
 
     def fuse_features(self, f_ir: Tensor, f_vis: Tensor, prior: Tensor | None = None) -> Tensor:
         """Attention fusion and reconstruction: ``2 x (N, 8, H, W) -> (N, 1, H, W)``;

@@ -46,7 +46,7 @@ class VFNTrainConfig:
     ssim_weight: float = 0.0  # 1 - mean SSIM against both sources
     qabf_border: str = "valid"
     init: str | None = None  # start from these weights (a checkpoint) instead of random ones
-    prior: str = "none"  # VFN output form: "none" (the method) or "max" (correction of max)
+    prior: str = "none"  # VFN output form: "none" (the method), "max" or "detail" (see VFN)
     scale_range: tuple[float, float] | None = None  # random zoom of each crop, e.g. (0.5, 1.5)
     augment: tuple[str, ...] = ()  # of AUGMENTATIONS, each applied with augment_p
     augment_p: float = 0.3
