@@ -250,3 +250,28 @@ def test_training_augmentations_are_seeded_and_validated(pair_dirs: tuple[Path, 
         train_vfn(VFNTrainConfig(*map(str, pair_dirs), out="x.pt", augment=("rain",)))
     with pytest.raises(ValueError, match="scale_range"):
         train_vfn(VFNTrainConfig(*map(str, pair_dirs), out="x.pt", scale_range=(1.5, 0.5)))
+
+
+def test_two_stage_recipe_is_one_command(pair_dirs: tuple[Path, Path], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    ir_dir, vi_dir = pair_dirs
+    common = (f"ir_dir: {ir_dir}\nvi_dir: {vi_dir}\ncrop: 24\nbatch_size: 2\nresize: 0\n"
+              "val_fraction: 0.5\nthreads: 1\n")
+    (tmp_path / "stage1.yaml").write_text(common + f"out: {tmp_path / 'stage1.pt'}\n"
+                                          "epochs: 2\n")
+    (tmp_path / "stage2.yaml").write_text(
+        common + f"out: {tmp_path / 'stage2.pt'}\nepochs: 1\n"
+        f"init_recipe: {tmp_path / 'stage1.yaml'}\nprior: detail\nqabf_weight: 1.0\n"
+        "ssim_weight: 0.5\ngradient_weight: 0.0\nintensity_weight: 0.0\n"
+    )
+    assert main(["train", "vfn", "--config", str(tmp_path / "stage2.yaml"),
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    first, second = load_checkpoint(tmp_path / "stage1.pt"), load_checkpoint(tmp_path / "stage2.pt")
+    assert first.metadata["training"]["steps"] == 2
+    assert second.metadata["training"]["init"] == str(tmp_path / "stage1.pt")
+    assert second.model.config.prior == "detail"
+    # The encoders start from stage 1 (one step of Adam moves them only a little).
+    a = first.model.vfn.encoder_ir.stem[0][0].weight
+    b = second.model.vfn.encoder_ir.stem[0][0].weight
+    assert (a - b).abs().max() < 0.01

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from ..training.vfn import VFNTrainConfig, train_vfn
+from ..training.vfn import VFNTrainConfig, read_recipe, train_vfn, vfn_config
 
 if TYPE_CHECKING:
     from ..training.rsc import RSCTrainConfig
@@ -82,22 +82,13 @@ def config_from_args(args: argparse.Namespace) -> VFNTrainConfig:
     known = {f.name for f in fields(VFNTrainConfig)}
     values: dict = {}
     if args.config:
-        data = yaml.safe_load(args.config.read_text()) or {}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown settings in {args.config}: {sorted(unknown)}")
-        values.update(data)
+        values.update(read_recipe(args.config))
     values.update({k: v for k, v in vars(args).items() if k in known and v is not None})
     missing = [k for k in ("ir_dir", "vi_dir", "out") if not values.get(k)]
     if missing:
         flags = ", ".join("--" + {"ir_dir": "ir", "vi_dir": "vi"}.get(k, k) for k in missing)
         raise ValueError(f"missing {flags} (on the command line or in --config)")
-    if values.get("resize") == 0:
-        values["resize"] = None
-    for key in ("scale_range", "augment"):  # YAML lists
-        if isinstance(values.get(key), list):
-            values[key] = tuple(values[key])
-    return VFNTrainConfig(**values)
+    return vfn_config(values)
 
 
 def run_vfn(args: argparse.Namespace) -> int:

@@ -12,12 +12,13 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import Tensor
 from tqdm import tqdm
 
@@ -46,6 +47,9 @@ class VFNTrainConfig:
     ssim_weight: float = 0.0  # 1 - mean SSIM against both sources
     qabf_border: str = "valid"
     init: str | None = None  # start from these weights (a checkpoint) instead of random ones
+    # A recipe (YAML) trained first, resumably; its output is the init of this run. Makes a
+    # two-stage recipe one command.
+    init_recipe: str | None = None
     prior: str = "none"  # VFN output form: "none" (the method), "max" or "detail" (see VFN)
     scale_range: tuple[float, float] | None = None  # random zoom of each crop, e.g. (0.5, 1.5)
     augment: tuple[str, ...] = ()  # of AUGMENTATIONS, each applied with augment_p
@@ -57,6 +61,27 @@ class VFNTrainConfig:
     threads: int | None = None
     device: str = "cpu"
     num_blocks: int = 2
+
+
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """The settings of a recipe file (YAML, keys as :class:`VFNTrainConfig` fields)."""
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    unknown = set(data) - {f.name for f in fields(VFNTrainConfig)}
+    if unknown:
+        raise ValueError(f"unknown settings in {path}: {sorted(unknown)}")
+    return data
+
+
+def vfn_config(values: dict[str, Any]) -> VFNTrainConfig:
+    """A :class:`VFNTrainConfig` from recipe/command-line values (``resize: 0`` keeps the
+    sizes; YAML lists become tuples)."""
+    values = dict(values)
+    if values.get("resize") == 0:
+        values["resize"] = None
+    for key in ("scale_range", "augment"):
+        if isinstance(values.get(key), list):
+            values[key] = tuple(values[key])
+    return VFNTrainConfig(**values)
 
 
 @dataclass
@@ -222,6 +247,12 @@ def train_vfn(config: VFNTrainConfig, progress: bool = True) -> dict[str, Any]:
         torch.set_num_threads(config.threads)
     out = Path(config.out)
     state_path = out.with_name(out.name + ".state.pt")
+    if config.init_recipe and not state_path.exists():
+        first = vfn_config(read_recipe(config.init_recipe))
+        if progress:
+            tqdm.write(f"stage 1 of 2: {config.init_recipe} -> {first.out}")
+        train_vfn(first, progress)  # resumes, or returns at once if it has finished
+        config.init = first.out
     log_path = out.with_name(out.stem + ".train.csv")
     exclude = []
     if config.exclude:
