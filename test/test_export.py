@@ -176,12 +176,15 @@ def test_cli_export_dynamic(tmp_path, loaded):
     assert sess.get_inputs()[0].shape[2:] == ["height", "width"]
 
 
-def test_plain_export_of_a_model_without_rsc(pair):
+@pytest.mark.parametrize("prior", ["none", "detail"])
+def test_plain_export_of_a_model_without_rsc(pair, prior):
     from helpers import make_model
 
     from cldyn_ros.checkpoint import LoadedModel
 
-    vfn_only = LoadedModel(make_model(with_rsc=False))
+    model = make_model(with_rsc=False, prior=prior)
+    torch.nn.init.normal_(model.vfn.decoder.tail[-1].weight, std=0.1)  # a non-zero correction
+    vfn_only = LoadedModel(model)
     model = _export(vfn_only, ["none"], dynamic=True)
     sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["ir", "vis_y"]
