@@ -17,6 +17,8 @@ from cldyn_ros.cli import main
 from cldyn_ros.imaging.io import read_color, write_image
 from cldyn_ros.imaging.synthetic import generate_pairs, write_pairs
 
+REPO = Path(__file__).resolve().parent.parent
+
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -275,3 +277,15 @@ def test_two_stage_recipe_is_one_command(pair_dirs: tuple[Path, Path], tmp_path:
     a = first.model.vfn.encoder_ir.stem[0][0].weight
     b = second.model.vfn.encoder_ir.stem[0][0].weight
     assert (a - b).abs().max() < 0.01
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "config").glob("train_vfn_*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_training_recipes_are_valid_and_exclude_the_test_split(recipe: Path) -> None:
+    from cldyn_ros.training.vfn import read_recipe, vfn_config
+
+    config = vfn_config(read_recipe(recipe))
+    assert config.exclude and config.exclude.endswith("roadscene/test_split.txt")
+    assert "roadscene" in config.ir_dir  # never TNO or VIFB, the evaluation sets
+    if config.init_recipe:
+        assert (REPO / config.init_recipe).is_file()
