@@ -99,9 +99,17 @@ class Decoder(nn.Module):
 
 
 def _box(x: Tensor, size: int) -> Tensor:
-    """Mean over a ``size x size`` window, replicate borders. Shape-preserving."""
+    """Mean over a ``size x size`` window, replicate borders. Shape-preserving.
+
+    Separable running sums (a cumulative sum along each axis, then differences), so the cost
+    does not grow with ``size``; the float32 sums are exact to about ``1e-5`` of the grey
+    range at 640 px rows (far below one 8-bit level).
+    """
     pad = size // 2
-    return F.avg_pool2d(F.pad(x, (pad, pad, pad, pad), mode="replicate"), size, stride=1)
+    rows = F.pad(x, (pad + 1, pad, 0, 0), mode="replicate").cumsum(-1)
+    x = (rows[..., size:] - rows[..., :-size]) / size
+    cols = F.pad(x, (0, 0, pad + 1, pad), mode="replicate").cumsum(-2)
+    return (cols[..., size:, :] - cols[..., :-size, :]) / size
 
 
 def detail_selection(
@@ -116,15 +124,16 @@ def detail_selection(
     source does not wash out the other's texture, as the per-pixel maximum does).
     Shapes: two ``(N, 1, H, W)`` in ``[0, 1]`` -> ``(N, 1, H, W)`` in ``[0, 1]``.
     """
-    base_ir, base_vis = ir, vis_y
+    base = torch.cat([ir, vis_y], dim=1)  # both sources through each filter at once
     fused = torch.zeros_like(ir)
     for size in sizes:
-        low_ir, low_vis = _box(base_ir, size), _box(base_vis, size)
-        d_ir, d_vis = base_ir - low_ir, base_vis - low_vis
-        keep_ir = _box(d_ir.abs(), window) >= _box(d_vis.abs(), window)
-        fused = fused + torch.where(keep_ir, d_ir, d_vis)
-        base_ir, base_vis = low_ir, low_vis
-    return (fused + (base_ir + base_vis) / 2).clamp(0.0, 1.0)
+        low = _box(base, size)
+        detail = base - low
+        energy = _box(detail.abs(), window)
+        keep_ir = energy[:, :1] >= energy[:, 1:]
+        fused = fused + torch.where(keep_ir, detail[:, :1], detail[:, 1:])
+        base = low
+    return (fused + base.mean(dim=1, keepdim=True)).clamp(0.0, 1.0)
 
 
 class VFN(nn.Module):
