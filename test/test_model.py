@@ -653,3 +653,14 @@ def test_detail_prior_keeps_the_textured_source_where_the_other_is_flat():
     model = CLDyN(CLDyNConfig(prior="detail", with_rsc=False)).eval()
     with torch.no_grad():
         assert torch.equal(model(haze, vis), fused)  # untrained: the prior itself
+
+
+def test_anchor_term_penalises_brightness_shifts_not_texture():
+    g = torch.Generator().manual_seed(8)
+    ir, vis = torch.rand(2, 2, 1, 64, 64, generator=g).unbind(0)
+    prior = (ir + vis) / 2
+    loss = FusionLoss(intensity_weight=0.0, gradient_weight=0.0, anchor_weight=1.0)
+    texture = 0.05 * torch.sign(torch.randn(2, 1, 64, 64, generator=g))  # zero-mean detail
+    assert loss(prior + texture, ir, vis, prior) < 0.01
+    assert loss(prior - 0.05, ir, vis, prior) == pytest.approx(0.05, abs=1e-4)
+    assert loss(prior - 0.05, ir, vis) == 0  # no prior, no anchor term

@@ -44,6 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         ("qabf-weight", float, "weight of the 1 - soft Q^AB/F edge-preservation term "
          "(default 0)"),
         ("ssim-weight", float, "weight of the 1 - SSIM term against both sources (default 0)"),
+        ("anchor-weight", float, "weight of the low-frequency anchor to the VFN prior "
+         "(default 0)"),
         ("val-fraction", float, "share of pairs held out for validation (default 0.1)"),
         ("seed", int, "random seed (default 0)"),
         ("max-minutes", float, "stop after this many minutes of training, saving state"),

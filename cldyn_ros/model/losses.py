@@ -12,6 +12,7 @@ from .. import metrics
 from .layers import sobel_magnitude
 
 QABF_BORDERS = ("zeros", "reflect", "valid")
+ANCHOR_WINDOW = 16
 
 
 class FusionLoss(nn.Module):
@@ -24,7 +25,10 @@ class FusionLoss(nn.Module):
     - ``w_qabf * (1 - soft Q^AB/F)``: edge preservation as Xydeas and Petrovic score it
       (strength *and* orientation of both sources' edges, weighted by their strength), see
       :func:`soft_qabf`;
-    - ``w_ssim * (1 - (SSIM(F, IR) + SSIM(F, Y)) / 2)``: local structure against both sources.
+    - ``w_ssim * (1 - (SSIM(F, IR) + SSIM(F, Y)) / 2)``: local structure against both sources;
+    - ``w_anchor * mean |avgpool16(F - prior)|`` (with a VFN prior passed to ``forward``):
+      keeps the low frequencies of the prior, so the decoder corrects edges and texture
+      rather than learning the training set's brightness.
 
     Inputs ``(N, 1, H, W)`` in ``[0, 1]``; returns a scalar. ``components`` holds the last
     unweighted terms for logging.
@@ -37,6 +41,7 @@ class FusionLoss(nn.Module):
         qabf_weight: float = 0.0,
         ssim_weight: float = 0.0,
         qabf_border: str = "valid",
+        anchor_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if qabf_border not in QABF_BORDERS:
@@ -46,9 +51,12 @@ class FusionLoss(nn.Module):
         self.qabf_weight = qabf_weight
         self.ssim_weight = ssim_weight
         self.qabf_border = qabf_border
+        self.anchor_weight = anchor_weight
         self.components: dict[str, float] = {}
 
-    def forward(self, fused: Tensor, ir: Tensor, vis_y: Tensor) -> Tensor:
+    def forward(
+        self, fused: Tensor, ir: Tensor, vis_y: Tensor, prior: Tensor | None = None
+    ) -> Tensor:
         terms: dict[str, tuple[float, Tensor]] = {}
         if self.intensity_weight:
             terms["intensity"] = (
@@ -63,6 +71,9 @@ class FusionLoss(nn.Module):
         if self.ssim_weight:
             score = (ssim_valid(fused, ir) + ssim_valid(fused, vis_y)) / 2
             terms["ssim"] = (self.ssim_weight, 1.0 - score.mean())
+        if self.anchor_weight and prior is not None:
+            low = F.avg_pool2d(fused - prior, ANCHOR_WINDOW, stride=ANCHOR_WINDOW // 2)
+            terms["anchor"] = (self.anchor_weight, low.abs().mean())
         self.components = {name: value.item() for name, (_, value) in terms.items()}
         return sum((weight * value for weight, value in terms.values()), fused.new_zeros(()))
 

@@ -46,6 +46,7 @@ class VFNTrainConfig:
     qabf_weight: float = 0.0  # 1 - soft Q^AB/F (edge strength and orientation of both sources)
     ssim_weight: float = 0.0  # 1 - mean SSIM against both sources
     qabf_border: str = "valid"
+    anchor_weight: float = 0.0  # low-frequency anchor of the output to the VFN prior
     init: str | None = None  # start from these weights (a checkpoint) instead of random ones
     # A recipe (YAML) trained first, resumably; its output is the init of this run. Makes a
     # two-stage recipe one command.
@@ -275,7 +276,7 @@ def train_vfn(config: VFNTrainConfig, progress: bool = True) -> dict[str, Any]:
             model.vfn.reset_output()
     optim = torch.optim.Adam(model.parameters(), lr=config.lr)
     loss_fn = FusionLoss(config.intensity_weight, config.gradient_weight, config.qabf_weight,
-                         config.ssim_weight, config.qabf_border)
+                         config.ssim_weight, config.qabf_border, config.anchor_weight)
     generator = torch.Generator().manual_seed(config.seed)
     steps_per_epoch = max(1, math.ceil(len(train.names) / config.batch_size))
     total_steps = config.epochs * steps_per_epoch
@@ -304,7 +305,7 @@ def train_vfn(config: VFNTrainConfig, progress: bool = True) -> dict[str, Any]:
         ir, y = random_batch(train, config.batch_size, config.crop, generator,
                              config.scale_range, config.augment, config.augment_p)
         ir, y = ir.to(device), y.to(device)
-        loss = loss_fn(model(ir, y), ir, y)
+        loss = loss_fn(model(ir, y), ir, y, model.vfn.prior_image(ir, y))
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()
@@ -348,7 +349,7 @@ def evaluate_loss(
     total = 0.0
     for ir, y in batches:
         ir, y = ir.to(device), y.to(device)
-        total += loss_fn(model(ir, y), ir, y).item()
+        total += loss_fn(model(ir, y), ir, y, model.vfn.prior_image(ir, y)).item()
     model.train()
     return total / len(batches)
 
