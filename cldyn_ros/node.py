@@ -146,6 +146,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               choices=tuple(PRECISIONS), read_only=True),
     ParamSpec("threads", "int", 0, "CPU threads for torch; 0 keeps torch's default",
               low=0, high=256, read_only=True),
+    ParamSpec("compile", "bool", False,
+              "torch.compile the network, once per frame size (CUDA graphs on CUDA); the "
+              "first frame of a size compiles (minutes on a CPU): use with the warm-up",
+              read_only=True),
     ParamSpec("warmup_width", "int", 0,
               "fuse one blank frame of warmup_width x warmup_height at start (kernels, "
               "buffers, compilation) so the first real frame is not slow; 0 = no warm-up",
@@ -637,6 +641,7 @@ class FusionNode(Node):
                 ),
                 thermal_mode=v["thermal_mode"],
                 threads=v["threads"] or None,
+                compile=v["compile"],
             )
         except CheckpointError as e:
             raise StartupError(str(e)) from None

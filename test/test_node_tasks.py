@@ -117,6 +117,13 @@ def test_declared_parameters_match_the_table(ros, model_path):
             assert (rng.from_value, rng.to_value) == (spec.low, spec.high)
     assert node.describe_parameter("compensation_strength").floating_point_range[0].to_value == 1
     assert node.get_parameter("tasks").value == []
+    assert not node.engine.runner.compile  # the compiled path is opt-in
+
+
+def test_compile_parameter_reaches_the_engine(ros, model_path):
+    node = ros.fusion_node(model_path, compile=True)
+    # Compilation happens on the first frame of a size (or the warm-up), not at load.
+    assert node.engine.runner.compile and node.engine.runner.compile_count == 0
 
 
 def test_bad_start_values_fail_with_a_reason(ros, model_path, tmp_path):
