@@ -274,14 +274,15 @@ def mutual_information(fused: Tensor, ir: Tensor, vis: Tensor) -> Tensor:
     return mutual_information_pair(fused, ir) + mutual_information_pair(fused, vis)
 
 
-def _sobel(grey: Tensor, border: str) -> tuple[Tensor, Tensor]:
-    """Return edge strength ``g`` and orientation ``alpha`` ``(N, 1, H, W)`` from 3x3 Sobel.
+def sobel_xy(grey: Tensor, border: str = "zeros") -> tuple[Tensor, Tensor]:
+    """3x3 Sobel derivatives ``(gx, gy)`` of ``(N, 1, H, W)`` images.
 
-    ``alpha = atan(gy / gx)`` in ``[-pi/2, pi/2]``, with ``alpha = pi/2`` where ``gx = 0``.
-    The sign of ``gx`` relative to the reference code (MATLAB ``conv2`` flips the kernels) only
-    matters where exactly one of two compared pixels has ``gx = 0``: a ~1e-4 effect.
+    ``border``: ``"zeros"``, ``"reflect"`` or ``"replicate"`` padding (same size out), or
+    ``"valid"`` (no padding: ``H - 2`` x ``W - 2`` out).
     """
-    padded = F.pad(grey, (1, 1, 1, 1), mode="constant" if border == "zeros" else border)
+    padded = grey if border == "valid" else F.pad(
+        grey, (1, 1, 1, 1), mode="constant" if border == "zeros" else border
+    )
     # Separable Sobel ([1, 2, 1] smoothing x [-1, 0, 1] difference) with shifted slices: the
     # same numbers as conv2d with the 3x3 kernels, several times faster than a one-channel
     # conv2d on CPU.
@@ -289,6 +290,17 @@ def _sobel(grey: Tensor, border: str) -> tuple[Tensor, Tensor]:
     gx = diff_x[..., :-2, :] + 2 * diff_x[..., 1:-1, :] + diff_x[..., 2:, :]
     smooth_x = padded[..., :, :-2] + 2 * padded[..., :, 1:-1] + padded[..., :, 2:]
     gy = smooth_x[..., 2:, :] - smooth_x[..., :-2, :]
+    return gx, gy
+
+
+def _sobel(grey: Tensor, border: str) -> tuple[Tensor, Tensor]:
+    """Return edge strength ``g`` and orientation ``alpha`` ``(N, 1, H, W)`` from 3x3 Sobel.
+
+    ``alpha = atan(gy / gx)`` in ``[-pi/2, pi/2]``, with ``alpha = pi/2`` where ``gx = 0``.
+    The sign of ``gx`` relative to the reference code (MATLAB ``conv2`` flips the kernels) only
+    matters where exactly one of two compared pixels has ``gx = 0``: a ~1e-4 effect.
+    """
+    gx, gy = sobel_xy(grey, border)
     strength = torch.hypot(gx, gy)
     # gy / 0 is +-inf or NaN; those entries are overwritten with pi/2 in place.
     alpha = torch.atan(gy / gx).masked_fill_(gx == 0, math.pi / 2)

@@ -117,15 +117,7 @@ def soft_qabf(fused: Tensor, ir: Tensor, vis: Tensor, border: str = "valid") -> 
         ``(N,)`` scores in ``[0, 1)``.
     """
     batch = fused.shape[0]
-    grey = torch.cat([fused, ir, vis]) * metrics.GREY_MAX
-    if border == "valid":
-        padded = grey
-    else:
-        padded = F.pad(grey, (1, 1, 1, 1), mode="constant" if border == "zeros" else border)
-    diff_x = padded[..., :, 2:] - padded[..., :, :-2]
-    gx = diff_x[..., :-2, :] + 2 * diff_x[..., 1:-1, :] + diff_x[..., 2:, :]
-    smooth_x = padded[..., :, :-2] + 2 * padded[..., :, 1:-1] + padded[..., :, 2:]
-    gy = smooth_x[..., 2:, :] - smooth_x[..., :-2, :]
+    gx, gy = metrics.sobel_xy(torch.cat([fused, ir, vis]) * metrics.GREY_MAX, border)
     strength = torch.sqrt(gx * gx + gy * gy + 1e-6)
     eps = 1e-3
     gx_safe = torch.where(gx >= 0, gx.clamp_min(eps), gx.clamp_max(-eps))
