@@ -25,6 +25,7 @@ import collections
 import contextlib
 import math
 import re
+import signal
 import sys
 import threading
 import time
@@ -1205,6 +1206,11 @@ def main(args: Sequence[str] | None = None) -> int:
     """Entry point of ``fusion_node``: spin until Ctrl-C; 0 on a clean exit, 1 when the node
     cannot start (the reason is logged)."""
     node = executor = None
+    # Ctrl-C: rclpy's signal handler shuts the context down, which ends spin(). It then
+    # calls the Python handler it replaced; the default one would also raise
+    # KeyboardInterrupt at an arbitrary point of this thread (inside rclpy's executor too,
+    # leaving half-built objects that fail in __del__), so a no-op takes its place.
+    signal.signal(signal.SIGINT, lambda signum, frame: None)
     try:
         rclpy.init(args=args)
         try:
