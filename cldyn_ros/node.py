@@ -1223,6 +1223,12 @@ def main(args: Sequence[str] | None = None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # The signal handler shuts the context down while spin() may be building its next
+        # wait set, which then fails with an RCLError ("context is not valid"): that is the
+        # shutdown, not a fault. Anything raised while the context is still up is.
+        if rclpy.ok():
+            raise
     finally:
         if node is not None:
             node.close()
