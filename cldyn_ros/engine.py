@@ -241,25 +241,22 @@ class _Runner:
         model = loaded.model.to(device).eval()
         if embed_max_side is None:
             embed_max_side = model.config.embed_max_side
-        if optimize:
-            model = model.fuse_for_inference()
-        if model.rsc is not None and (
+        retune_rsc = model.rsc is not None and (
             optimize or compile or embed_max_side != model.embed_max_side
-        ):
-            if model is loaded.model:  # never change the caller's model behind its back
-                import copy
+        )
+        if optimize:
+            model = model.fuse_for_inference()  # a copy
+        elif retune_rsc or channels_last:  # never change the caller's model behind its back
+            import copy
 
-                model = copy.deepcopy(model)
+            model = copy.deepcopy(model)
+        if retune_rsc:
             model.set_embed_max_side(embed_max_side)
             if compile:
                 model.set_static_selection(True)
         if channels_last:
             # Weights in the same layout as the frames: oneDNN and cuDNN then run the
             # convolutions without converting layouts on every call.
-            if model is loaded.model:
-                import copy
-
-                model = copy.deepcopy(model)
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.device = device
