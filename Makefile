@@ -90,7 +90,7 @@ test: venv
 # colcon build + colcon test of this ament_python package, as a ROS 2 workspace would run
 # them (a fast subset of the suite: the whole suite already ran under pytest above).
 COLCON_DIR := build/colcon
-COLCON_TESTS ?= test/test_packaging.py test/test_paths.py test/test_model.py
+COLCON_TESTS ?= test/test_packaging.py test/test_paths.py test/model/test_model.py
 colcon: venv
 	@echo "colcon build + colcon test (into $(COLCON_DIR)/)"
 	@rm -rf $(COLCON_DIR)/test_results

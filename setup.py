@@ -60,7 +60,7 @@ setup(
     entry_points={
         "console_scripts": [
             "cldyn = cldyn_ros.cli:main",
-            "fusion_node = cldyn_ros.node:main",
+            "fusion_node = cldyn_ros.ros.node:main",
         ],
     },
 )

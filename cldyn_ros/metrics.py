@@ -311,7 +311,7 @@ def edge_preservation(g_s: Tensor, a_s: Tensor, g_f: Tensor, a_f: Tensor) -> Ten
     """Return the per-pixel edge preservation ``Q^SF = Q_g * Q_alpha`` of a source S in F.
 
     Inputs are Sobel strengths and orientations (as from the Q^AB/F Sobel); differentiable
-    almost everywhere, so the training loss in :mod:`cldyn_ros.model.losses` shares it.
+    almost everywhere, so the training loss in :mod:`cldyn_ros.training.losses` shares it.
     """
     # Relative strength min/max: 1 where g_S == g_F > 0. The reference MATLAB code sets
     # G = g_F on ties instead, but with grey-level Sobel magnitudes (>= 1 where non-zero for

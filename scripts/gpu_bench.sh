@@ -71,8 +71,8 @@ log "soak: $SOAK frames, $LOW, one task, 640x512"
 "$PY" - "$DEVICE" "$LOW" "$SOAK" "$OUT_DIR/soak.json" <<'PYEOF' 2>>"$OUT_DIR/log.txt" || { log "soak FAILED"; status=1; }
 import json, sys, time
 import torch
-from cldyn_ros.bench import bench_model, machine_info, peak_host_memory_mb, percentiles, synthetic_frames
-from cldyn_ros.engine import FusionEngine
+from cldyn_ros.tools.bench import bench_model, machine_info, peak_host_memory_mb, percentiles, synthetic_frames
+from cldyn_ros.inference.engine import FusionEngine
 device, precision, frames, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 loaded = bench_model(tasks=1)
 engine = FusionEngine(loaded, device=device, precision=precision, embed_max_side=160,

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cldyn_ros.checkpoint import LoadedModel
+from cldyn_ros.inference.checkpoint import LoadedModel
 from cldyn_ros.model import CLDyN, CLDyNConfig
 
 # The test models are tiny: one thread is fastest, and with more threads than free cores

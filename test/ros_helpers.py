@@ -27,8 +27,8 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 
-from cldyn_ros.checkpoint import save_checkpoint
-from cldyn_ros.image_msgs import numpy_to_image, stamp_to_ns
+from cldyn_ros.inference.checkpoint import save_checkpoint
+from cldyn_ros.streams.image_msgs import numpy_to_image, stamp_to_ns
 
 TASKS = ("detection", "segmentation")
 # A small RSC: about 20 ms per 64x80 frame on one loaded CPU core.
@@ -250,7 +250,7 @@ class RosTestEnv:
         return node
 
     def fusion_node(self, model_path: Path, **params: Any):
-        from cldyn_ros.node import FusionNode
+        from cldyn_ros.ros.node import FusionNode
 
         params.setdefault("threads", 1)
         overrides = [Parameter("model_path", value=str(model_path))]

@@ -39,9 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cldyn`` console script; returns the exit code."""
-    from ..checkpoint import CheckpointError
-    from ..engine import InputError, TaskError
     from ..imaging.io import ImageReadError
+    from ..inference.checkpoint import CheckpointError
+    from ..inference.engine import InputError, TaskError
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -6,7 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
-from ..bags import (
+from ..offline.bags import (
     DISTROS,
     STORAGES,
     StreamSpec,

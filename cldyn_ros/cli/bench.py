@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..bench import PATHS
+from ..tools.bench import PATHS
 
 
 def _sizes(text: str) -> list[tuple[int, int]]:
@@ -103,7 +103,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.mode == "node":
         return run_node(args)
-    from ..bench import format_table, run_model_bench, write_report
+    from ..tools.bench import format_table, run_model_bench, write_report
 
     args.warmup = 1 if args.warmup is None else args.warmup
 
@@ -138,8 +138,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_node(args: argparse.Namespace) -> int:
-    from ..node_bench import NodeBenchSettings, format_node_table, run_node_bench
     from ..paths import default_model_path
+    from ..ros.node_bench import NodeBenchSettings, format_node_table, run_node_bench
 
     def log(msg: str) -> None:
         if not args.quiet:
@@ -154,7 +154,7 @@ def run_node(args: argparse.Namespace) -> int:
         out=str(args.out))
     report = run_node_bench(settings, log=log)
     report["command"] = "cldyn bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else ""
-    from ..bench import write_report
+    from ..tools.bench import write_report
 
     write_report(report, args.out / "bench_node.json")
     if args.json:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..engine import PRECISIONS, THERMAL_MODES, FusionEngine, TaskRequest
 from ..imaging.registration import Registration
 from ..imaging.thermal import ThermalNormalizer
+from ..inference.engine import PRECISIONS, THERMAL_MODES, FusionEngine, TaskRequest
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:

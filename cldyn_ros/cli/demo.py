@@ -1,6 +1,6 @@
 """``cldyn demo``: the fusion node live over DDS (default), or offline with ``--offline``.
 
-Live (:mod:`cldyn_ros.demo`): starts ``fusion_node``, plays a generated scene through it
+Live (:mod:`cldyn_ros.ros.demo`): starts ``fusion_node``, plays a generated scene through it
 (colour 30 Hz, thermal 60 Hz with stamp jitter), switches the task half-way by a service
 call, records the outputs and writes contact_sheet.png, metrics.json and latency.md.
 Offline: fuses generated pairs in this process for every task of the model and writes the
@@ -15,11 +15,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..baselines import BASELINES
 from ..imaging.contact_sheet import save_contact_sheet
 from ..imaging.io import write_image
 from ..imaging.synthetic import generate_pairs, write_pairs
 from ..metrics import FAST_METRICS, fusion_metrics
+from ..offline.baselines import BASELINES
 from .common import add_engine_args, engine_from_args
 
 
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_live(args: argparse.Namespace) -> int:
-    from ..demo import DemoError, LiveDemoSettings, run_live_demo
+    from ..ros.demo import DemoError, LiveDemoSettings, run_live_demo
     from . import CLIError
 
     settings = LiveDemoSettings(

@@ -7,16 +7,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..baselines import BASELINES
-from ..evaluation import (
+from ..imaging.io import PairListing, find_pairs
+from ..metrics import METRIC_NAMES
+from ..offline.baselines import BASELINES
+from ..offline.evaluation import (
     ScoreCache,
     baseline_method,
     engine_method,
     evaluate,
     folder_method,
 )
-from ..imaging.io import PairListing, find_pairs
-from ..metrics import METRIC_NAMES
 from .common import add_engine_args, engine_from_args, parse_task
 
 
@@ -171,8 +171,8 @@ def run_images(args: argparse.Namespace) -> int:
 
 
 def run_bag(args: argparse.Namespace) -> int:
-    from ..bag_eval import BagEvalSettings, evaluate_bag
-    from ..bags import bag_info, check_image_topics
+    from ..offline.bag_eval import BagEvalSettings, evaluate_bag
+    from ..offline.bags import bag_info, check_image_topics
     from . import CLIError
 
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
@@ -185,7 +185,7 @@ def run_bag(args: argparse.Namespace) -> int:
         metrics=tuple(parse_metrics(args.metrics)), batch_size=args.batch_size,
         write_bag=args.write_bag, storage=args.storage, progress=not args.no_progress,
     )
-    from ..pairing import ApproximateTimePairer
+    from ..streams.pairing import ApproximateTimePairer
 
     ApproximateTimePairer(args.slop, args.queue_size, args.max_delay)  # validates
     # Bag problems first: they are cheaper to find than loading a model.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..checkpoint import load_checkpoint
+from ..inference.checkpoint import load_checkpoint
 from ..paths import default_model_path
 
 
@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export import export_onnx
+    from ..inference.export import export_onnx
 
     tasks = [args.task] if args.task else [t.strip() for t in args.tasks.split(",") if t.strip()]
     loaded = load_checkpoint(args.model or default_model_path())
@@ -62,8 +62,8 @@ def run(args: argparse.Namespace) -> int:
 def check_parity(loaded, path: Path, tasks: list[str], height: int, width: int,
                  embed_max_side: int = 0) -> float:
     """Max abs difference between onnxruntime and the PyTorch engine on a synthetic frame."""
-    from ..bench import synthetic_frames
-    from ..engine import FusionEngine
+    from ..inference.engine import FusionEngine
+    from ..tools.bench import synthetic_frames
 
     thermal, color = synthetic_frames(height, width)
     torch_engine = FusionEngine(loaded, device="cpu", embed_max_side=embed_max_side)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..engine import InputError
 from ..imaging.io import (
     IMAGE_EXTENSIONS,
     ImageReadError,
@@ -17,6 +16,7 @@ from ..imaging.io import (
     read_thermal,
     write_image,
 )
+from ..inference.engine import InputError
 from .common import add_engine_args, add_task_args, engine_from_args, request_from_args
 
 

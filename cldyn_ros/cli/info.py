@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import NO_TASK, load_checkpoint
+from ..inference.checkpoint import NO_TASK, load_checkpoint
 from ..model import count_parameters
 from ..paths import default_model_path
 

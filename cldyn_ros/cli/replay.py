@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     metrics = tuple(parse_metrics(args.metrics))
     try:
-        from ..replay import ReplayError, ReplaySettings, replay_bag
+        from ..ros.replay import ReplayError, ReplaySettings, replay_bag
     except ImportError as e:  # pragma: no cover - depends on the installation
         raise CLIError(f"live replay needs ROS 2 (rclpy): {e}") from None
     settings = ReplaySettings(

@@ -2,7 +2,6 @@
 
 from .cldyn import CLDyN, CLDyNConfig, count_parameters
 from .color import rgb_to_ycbcr, ycbcr_to_rgb
-from .losses import FusionLoss
 from .rsc import A2SI, RSC, BasisVectorBank
 from .vfn import VFN
 
@@ -13,7 +12,6 @@ __all__ = [
     "BasisVectorBank",
     "CLDyN",
     "CLDyNConfig",
-    "FusionLoss",
     "count_parameters",
     "rgb_to_ycbcr",
     "ycbcr_to_rgb",

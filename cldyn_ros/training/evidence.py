@@ -28,7 +28,7 @@ import torch
 import yaml
 from torch import Tensor
 
-from ..checkpoint import load_checkpoint
+from ..inference.checkpoint import load_checkpoint
 from ..metrics import fusion_metrics
 from ..model import CLDyN, rgb_to_ycbcr
 from .datasets import Item, TaskData, read_pairs, self_supervised, split_items

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..inference.checkpoint import load_checkpoint, save_checkpoint
 from ..model import CLDyN, CLDyNConfig, rgb_to_ycbcr, ycbcr_to_rgb
 from .datasets import (
     TaskData,

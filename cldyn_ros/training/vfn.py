@@ -22,10 +22,11 @@ import yaml
 from torch import Tensor
 from tqdm import tqdm
 
-from ..checkpoint import load_checkpoint, save_checkpoint
-from ..evaluation import load_pair
 from ..imaging.io import find_pairs
-from ..model import CLDyN, CLDyNConfig, FusionLoss
+from ..inference.checkpoint import load_checkpoint, save_checkpoint
+from ..model import CLDyN, CLDyNConfig
+from ..offline.evaluation import load_pair
+from .losses import FusionLoss
 
 
 @dataclass
@@ -102,7 +103,7 @@ def load_pairs(
 ) -> PairSet:
     """Read matched pairs (by file stem), skipping names in ``exclude``.
 
-    Each pair is prepared by :func:`~cldyn_ros.evaluation.load_pair`, as evaluation does
+    Each pair is prepared by :func:`~cldyn_ros.offline.evaluation.load_pair`, as evaluation does
     (infrared through the engine's ``thermal_to_unit``, visible as BT.601 luminance).
     """
     listing = find_pairs(Path(ir_dir), Path(vi_dir))

@@ -1,0 +1,1 @@
+"""Inference: checkpoints, the fusion engine and its backends (torch, ONNX)."""

@@ -1,0 +1,1 @@
+"""Offline evaluation: bags, folders of pairs, baselines and plots."""

@@ -1,0 +1,670 @@
+"""Reading and writing rosbag2 bags of camera images with ``rosbags`` (no ROS runtime).
+
+Both storage formats (``sqlite3`` .db3 and ``mcap``) and the message definitions of the
+Humble, Jazzy and Kilted distros are supported. The CDR bytes ``rosbags`` writes are the ones
+``rclpy.serialization.serialize_message`` produces, so the bags play with ``ros2 bag play`` on
+a robot and their messages deserialise with rclpy.
+
+Everything that can go wrong with a bag (not a bag, unreadable metadata, truncated or corrupt
+data, a missing topic, a topic of the wrong message type, an undecodable image) raises
+:class:`BagError` with a one-line reason; no other exception escapes from here for bad input.
+
+Stream generation (:func:`synthetic_stream`, :func:`folder_stream`) gives realistic stamps:
+two free-running cameras (colour and thermal rates differ), Gaussian stamp jitter, a small
+transport delay between the header stamp and the time the message was logged, and optional
+gaps (a camera dropping out).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import struct
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..streams.image_msgs import ImageMessageError, image_to_numpy, numpy_to_image, stamp_to_ns
+
+__all__ = [
+    "DISTROS",
+    "IMAGE_TYPE",
+    "STORAGES",
+    "BagError",
+    "BagInfo",
+    "ImageBagWriter",
+    "ImageRecord",
+    "StreamFrame",
+    "bag_info",
+    "folder_stream",
+    "image_message",
+    "iter_messages",
+    "read_images",
+    "stream_stamps",
+    "synthetic_stream",
+    "typestore_for",
+    "write_stream",
+]
+
+IMAGE_TYPE = "sensor_msgs/msg/Image"
+STORAGES = ("mcap", "sqlite3")
+#: Distros whose message definitions the writer can use, and the metadata version written.
+DISTROS = {"humble": 8, "jazzy": 8, "kilted": 9}
+_NS = 1_000_000_000
+#: Default start of generated streams: 2024-01-01T00:00:00Z (a plausible sensor clock).
+DEFAULT_START_NS = 1_704_067_200 * _NS
+
+
+class BagError(ValueError):
+    """A bag that cannot be read or written as asked; the message says why."""
+
+
+def typestore_for(distro: str = "kilted") -> Any:
+    """The ``rosbags`` type store of a ROS 2 distro (``humble``, ``jazzy``, ``kilted``)."""
+    from rosbags.typesys import Stores, get_typestore
+
+    stores = {"humble": Stores.ROS2_HUMBLE, "jazzy": Stores.ROS2_JAZZY,
+              "kilted": Stores.ROS2_KILTED}
+    if distro not in stores:
+        raise BagError(f"unknown ROS distro '{distro}'; choose from {sorted(stores)}")
+    return get_typestore(stores[distro])
+
+
+# ------------------------------------------------------------------------------- reading
+@dataclass
+class BagInfo:
+    """What a bag holds: ``topics`` maps each topic to ``(message type, message count)``."""
+
+    path: Path
+    storage: str
+    distro: str
+    topics: dict[str, tuple[str, int]]
+    start_ns: int
+    end_ns: int
+    message_count: int
+    damaged: str | None = None  # set when the bag was salvaged record by record
+
+    @property
+    def duration_s(self) -> float:
+        return max(0, self.end_ns - self.start_ns) / _NS
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path), "storage": self.storage, "distro": self.distro,
+            "start_ns": self.start_ns, "end_ns": self.end_ns,
+            "duration_s": round(self.duration_s, 6), "message_count": self.message_count,
+            "damaged": self.damaged,
+            "topics": {t: {"type": m, "count": c} for t, (m, c) in self.topics.items()},
+        }
+
+
+def _open_reader(path: str | Path) -> Any:
+    """An open ``rosbags`` Reader; every failure becomes a :class:`BagError`."""
+    from rosbags.rosbag2 import Reader
+
+    path = Path(path)
+    if not path.exists():
+        raise BagError(f"bag '{path}' does not exist")
+    if path.is_file():
+        raise BagError(f"'{path}' is a file: give the bag folder (with metadata.yaml)")
+    if not (path / "metadata.yaml").is_file():
+        raise BagError(f"'{path}' is not a rosbag2 bag: no metadata.yaml in it")
+    reader = Reader(path)
+    try:
+        reader.open()
+    except Exception as e:  # ReaderError, sqlite3/mcap/yaml errors on damaged files
+        raise BagError(f"cannot open bag '{path}': {_reason(e)} (a truncated or corrupt "
+                       "file? an interrupted recording can often be repaired with "
+                       "'mcap recover' or 'ros2 bag reindex')") from None
+    return reader
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def _storage_of(path: Path) -> str:
+    files = [p.suffix for p in Path(path).iterdir()]
+    if ".mcap" in files:
+        return "mcap"
+    if ".db3" in files:
+        return "sqlite3"
+    return "?"
+
+
+# ------------------------------------------------------------------ damaged MCAP salvage
+_MCAP_MAGIC = b"\x89MCAP0\r\n"
+_OP_SCHEMA, _OP_CHANNEL, _OP_MESSAGE, _OP_CHUNK, _OP_FOOTER = 0x03, 0x04, 0x05, 0x06, 0x02
+
+
+def _mcap_file(path: Path) -> Path | None:
+    """The MCAP file a damaged bag can be salvaged from: ``path`` itself, or the only
+    ``.mcap`` file of the folder."""
+    if path.is_file():
+        return path if path.suffix == ".mcap" else None
+    files = sorted(path.glob("*.mcap")) if path.is_dir() else []
+    return files[0] if len(files) == 1 else None
+
+
+def _mcap_string(buf: Any, pos: int) -> tuple[str, int]:
+    (n,) = struct.unpack_from("<I", buf, pos)
+    return bytes(buf[pos + 4:pos + 4 + n]).decode("utf-8", "replace"), pos + 4 + n
+
+
+class _McapSalvage:
+    """Read the complete records of an MCAP file front to back, without its summary.
+
+    An interrupted recording (power loss, killed recorder) leaves an MCAP file without its
+    footer, which the regular reader refuses. The records before the damage are intact:
+    schemas, channels and messages, top-level or inside chunks (any compression; the
+    complete records of a cut-off uncompressed chunk too).
+    """
+
+    def __init__(self, file: Path) -> None:
+        self.file = file
+        self.schemas: dict[int, str] = {}
+        self.channels: dict[int, tuple[str, str]] = {}
+        self.damage: str | None = None
+        self.complete = False
+
+    def messages(self) -> Iterator[tuple[str, str, int, bytes]]:
+        with open(self.file, "rb") as fh:
+            data = fh.read()
+        if not data.startswith(_MCAP_MAGIC):
+            raise BagError(f"'{self.file}' is not an MCAP file (bad magic bytes)")
+        yield from self._records(memoryview(data), len(_MCAP_MAGIC), len(data), top=True)
+
+    def _records(self, buf: memoryview, pos: int, end: int,
+                 top: bool) -> Iterator[tuple[str, str, int, bytes]]:
+        while pos < end:
+            if pos + 9 > end:
+                self._damaged(top, f"a record header is cut off at byte {pos}")
+                return
+            op = buf[pos]
+            (length,) = struct.unpack_from("<Q", buf, pos + 1)
+            body_start, body_end = pos + 9, pos + 9 + length
+            if body_end > end:
+                if top and op == _OP_CHUNK:
+                    yield from self._partial_chunk(buf, body_start, end)
+                self._damaged(top, f"a record (opcode 0x{op:02x}) is cut off at byte {pos}")
+                return
+            try:
+                if op == _OP_SCHEMA:
+                    (sid,) = struct.unpack_from("<H", buf, body_start)
+                    self.schemas[sid], _ = _mcap_string(buf, body_start + 2)
+                elif op == _OP_CHANNEL:
+                    cid, sid = struct.unpack_from("<HH", buf, body_start)
+                    topic, _ = _mcap_string(buf, body_start + 4)
+                    self.channels[cid] = (topic, self.schemas.get(sid, "?"))
+                elif op == _OP_MESSAGE:
+                    cid, _, log_ns, _ = struct.unpack_from("<HIQQ", buf, body_start)
+                    if cid in self.channels:
+                        topic, msgtype = self.channels[cid]
+                        yield topic, msgtype, int(log_ns), bytes(buf[body_start + 22:body_end])
+                elif op == _OP_CHUNK and top:
+                    yield from self._chunk(buf, body_start, body_end)
+                elif op == _OP_FOOTER and top:
+                    self.complete = True
+                    return
+            except (struct.error, BagError, ValueError) as e:
+                self._damaged(top, f"record at byte {pos} is corrupt ({_reason(e)})")
+                return
+            pos = body_end
+        if top and not self.complete and self.damage is None:
+            self.damage = "the file ends without its footer"
+
+    def _chunk_header(self, buf: memoryview, pos: int) -> tuple[str, int, int, int]:
+        _, _, size, crc = struct.unpack_from("<QQQI", buf, pos)
+        compression, pos = _mcap_string(buf, pos + 28)
+        (n,) = struct.unpack_from("<Q", buf, pos)
+        return compression, size, pos + 8, n
+
+    def _chunk(self, buf: memoryview, start: int, end: int) -> Iterator[tuple]:
+        from rosbags.rosbag2.storage_mcap import decompress
+
+        compression, size, pos, n = self._chunk_header(buf, start)
+        try:
+            raw = decompress(bytes(buf[pos:pos + n]), compression, size, 0)
+        except Exception as e:
+            raise BagError(f"chunk cannot be decompressed: {_reason(e)}") from None
+        inner = memoryview(raw)
+        yield from self._records(inner, 0, len(inner), top=False)
+
+    def _partial_chunk(self, buf: memoryview, start: int, end: int) -> Iterator[tuple]:
+        try:
+            compression, _, pos, _ = self._chunk_header(buf, start)
+        except struct.error:
+            return
+        if compression == "":  # the complete records of the cut-off chunk are readable
+            yield from self._records(buf, pos, end, top=False)
+
+    def _damaged(self, top: bool, reason: str) -> None:
+        if self.damage is None:
+            self.damage = reason if top else f"inside a chunk, {reason}"
+
+
+def _salvage_info(path: Path, file: Path, why: str) -> BagInfo:
+    salvage = _McapSalvage(file)
+    counts: dict[str, tuple[str, int]] = {}
+    start = end = n = 0
+    for topic, msgtype, log_ns, _ in salvage.messages():
+        _, c = counts.get(topic, (msgtype, 0))
+        counts[topic] = (msgtype, c + 1)
+        start = log_ns if n == 0 else min(start, log_ns)
+        end = max(end, log_ns)
+        n += 1
+    for topic, msgtype in salvage.channels.values():
+        counts.setdefault(topic, (msgtype, 0))
+    damage = None if salvage.complete else (
+        f"{why}; salvaged {n} complete message(s) from {file.name} "
+        f"({salvage.damage or 'no footer'})")
+    return BagInfo(path, "mcap", "", counts, start, end, n, damage)
+
+
+
+def bag_info(path: str | Path) -> BagInfo:
+    """Topics, types, counts and time span of a bag (from its metadata).
+
+    A bag whose MCAP file the regular reader refuses (no metadata.yaml, no footer: an
+    interrupted recording) or a bare ``.mcap`` file is scanned record by record instead;
+    ``damaged`` then says what was salvaged.
+    """
+    path = Path(path)
+    try:
+        reader = _open_reader(path)
+    except BagError as e:
+        file = _mcap_file(path) if path.exists() else None
+        if file is None:
+            raise
+        return _salvage_info(path, file, str(e).split(" (a truncated")[0])
+    try:
+        counts: dict[str, tuple[str, int]] = {}
+        for conn in reader.connections:
+            _, n = counts.get(conn.topic, (conn.msgtype, 0))
+            counts[conn.topic] = (conn.msgtype, n + int(conn.msgcount))
+        distro = str(getattr(reader, "ros_distro", "") or "")
+        start = int(reader.start_time) if reader.message_count else 0
+        end = int(reader.end_time) if reader.message_count else 0
+        return BagInfo(Path(path), _storage_of(Path(path)), distro, counts, start, end,
+                       int(reader.message_count))
+    except BagError:
+        raise
+    except Exception as e:
+        raise BagError(f"cannot read the metadata of bag '{path}': {_reason(e)}") from None
+    finally:
+        reader.close()
+
+
+def check_image_topics(info: BagInfo, topics: Sequence[str]) -> None:
+    """Raise :class:`BagError` unless every topic exists, is ``sensor_msgs/msg/Image`` and
+    holds messages; the message lists the image topics the bag does have."""
+    images = sorted(t for t, (m, _) in info.topics.items() if m == IMAGE_TYPE)
+    have = f"image topics in the bag: {', '.join(images) if images else 'none'}"
+    if info.damaged:
+        have += f"; the bag is damaged: {info.damaged}"
+    for topic in topics:
+        if topic not in info.topics:
+            raise BagError(f"topic '{topic}' is not in bag '{info.path}' ({have})")
+        msgtype, count = info.topics[topic]
+        if msgtype != IMAGE_TYPE:
+            raise BagError(f"topic '{topic}' has message type '{msgtype}', not {IMAGE_TYPE} "
+                           f"({have})")
+        if count == 0:
+            raise BagError(f"topic '{topic}' has no messages in bag '{info.path}'")
+
+
+def iter_messages(
+    path: str | Path, topics: Sequence[str] | None = None,
+) -> Iterator[tuple[str, str, int, bytes]]:
+    """``(topic, msgtype, log time ns, raw CDR bytes)`` in log-time order.
+
+    ``topics`` None reads every topic. A file that ends early or is corrupt raises
+    :class:`BagError` at the point where reading fails (messages before it were yielded).
+    """
+    path = Path(path)
+    try:
+        reader = _open_reader(path)
+    except BagError:
+        file = _mcap_file(path) if path.exists() else None
+        if file is None:
+            raise
+        yield from _salvaged_messages(path, file, topics)
+        return
+    try:
+        conns = [c for c in reader.connections if topics is None or c.topic in topics]
+        it = reader.messages(connections=conns) if conns else iter(())
+        count = 0
+        while True:
+            try:
+                conn, log_ns, raw = next(it)
+            except StopIteration:
+                break
+            except Exception as e:
+                raise BagError(f"bag '{path}' is truncated or corrupt: reading failed after "
+                               f"{count} message(s) ({_reason(e)})") from None
+            count += 1
+            yield conn.topic, conn.msgtype, int(log_ns), bytes(raw)
+    finally:
+        reader.close()
+
+
+def _salvaged_messages(path: Path, file: Path, topics: Sequence[str] | None
+                       ) -> Iterator[tuple[str, str, int, bytes]]:
+    salvage = _McapSalvage(file)
+    count = 0
+    for item in salvage.messages():
+        count += 1
+        if topics is None or item[0] in topics:
+            yield item
+    if not salvage.complete:
+        raise BagError(f"bag '{path}' is truncated or corrupt: read {count} message(s) before "
+                       f"the damage ({salvage.damage})")
+
+
+@dataclass
+class ImageRecord:
+    """One image message of a bag, decoded.
+
+    ``image`` is ``H x W`` (thermal) or ``H x W x 3`` in the message's channel order
+    (``encoding`` tells ``rgb8`` from ``bgr8``); ``raw`` the message's CDR bytes.
+    """
+
+    topic: str
+    log_ns: int
+    stamp_ns: int
+    frame_id: str
+    encoding: str
+    image: np.ndarray
+    raw: bytes = b""
+
+
+def decode_image(raw: bytes, typestore: Any, topic: str = "", log_ns: int = 0) -> ImageRecord:
+    """Deserialise one ``sensor_msgs/msg/Image`` and view its pixels (:class:`BagError` if it
+    cannot be decoded or has an unsupported encoding)."""
+    try:
+        msg = typestore.deserialize_cdr(raw, IMAGE_TYPE)
+    except Exception as e:
+        raise BagError(f"message on '{topic}' at {log_ns} ns is not a valid {IMAGE_TYPE} "
+                       f"({_reason(e)})") from None
+    try:
+        image = image_to_numpy(msg)
+    except ImageMessageError as e:
+        raise BagError(f"image on '{topic}' at {log_ns} ns cannot be used: {e}") from None
+    return ImageRecord(topic, log_ns, stamp_to_ns(msg.header.stamp), msg.header.frame_id,
+                       msg.encoding, image, raw)
+
+
+def read_images(path: str | Path, topics: Sequence[str]) -> Iterator[ImageRecord]:
+    """Decode the image messages of ``topics`` in log-time order (checks the topics first)."""
+    check_image_topics(bag_info(path), topics)
+    store = typestore_for("kilted")  # sensor_msgs/Image is the same in every ROS 2 distro
+    for topic, _, log_ns, raw in iter_messages(path, topics):
+        yield decode_image(raw, store, topic, log_ns)
+
+
+# ------------------------------------------------------------------------------- writing
+def image_message(typestore: Any, image: np.ndarray, encoding: str, stamp_ns: int,
+                  frame_id: str = "") -> Any:
+    """A ``rosbags`` ``sensor_msgs/msg/Image`` with these pixels and header."""
+    Image = typestore.types[IMAGE_TYPE]
+    Header = typestore.types["std_msgs/msg/Header"]
+    Time = typestore.types["builtin_interfaces/msg/Time"]
+    sec, nanosec = divmod(int(stamp_ns), _NS)
+    header = Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id=frame_id)
+    msg = Image(header=header, height=0, width=0, encoding="", is_bigendian=0, step=0,
+                data=np.zeros(0, np.uint8))
+    try:
+        return numpy_to_image(image, encoding, msg)
+    except ImageMessageError as e:
+        raise BagError(str(e)) from None
+
+
+class ImageBagWriter:
+    """Write a rosbag2 bag (context manager).
+
+    Args:
+        path: the bag folder to create (must not exist unless ``overwrite``).
+        storage: ``mcap`` or ``sqlite3``.
+        distro: ``humble``, ``jazzy`` or ``kilted``: message definitions and metadata version.
+        overwrite: delete an existing bag folder at ``path`` first.
+    """
+
+    def __init__(self, path: str | Path, storage: str = "mcap", distro: str = "kilted",
+                 overwrite: bool = False) -> None:
+        from rosbags.rosbag2 import StoragePlugin, Writer
+
+        if storage not in STORAGES:
+            raise BagError(f"unknown storage '{storage}'; choose from {list(STORAGES)}")
+        self.path = Path(path)
+        if self.path.exists():
+            if not overwrite:
+                raise BagError(f"'{self.path}' already exists (rosbag2 writes a new folder)")
+            if not (self.path / "metadata.yaml").exists() and any(self.path.iterdir()):
+                raise BagError(f"refusing to overwrite '{self.path}': not a bag folder")
+            shutil.rmtree(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.typestore = typestore_for(distro)
+        self.distro = distro
+        self.storage = storage
+        plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+        self._writer = Writer(self.path, version=DISTROS[distro], storage_plugin=plugin)
+        self._conns: dict[str, Any] = {}
+        self.counts: dict[str, int] = {}
+
+    def __enter__(self) -> ImageBagWriter:
+        try:
+            self._writer.open()
+        except Exception as e:
+            raise BagError(f"cannot create bag '{self.path}': {_reason(e)}") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def add_topic(self, topic: str, msgtype: str = IMAGE_TYPE) -> Any:
+        """Declare a topic (once; later calls return the same connection)."""
+        if topic not in self._conns:
+            if msgtype not in self.typestore.types:
+                raise BagError(f"message type '{msgtype}' is unknown to the {self.distro} "
+                               "type store")
+            self._conns[topic] = self._writer.add_connection(topic, msgtype,
+                                                             typestore=self.typestore)
+            self.counts[topic] = 0
+        return self._conns[topic]
+
+    def write_raw(self, topic: str, log_ns: int, raw: bytes | memoryview,
+                  msgtype: str = IMAGE_TYPE) -> None:
+        """Write serialised (CDR) bytes on ``topic`` at log time ``log_ns``."""
+        conn = self.add_topic(topic, msgtype)
+        self._writer.write(conn, int(log_ns), raw)
+        self.counts[topic] += 1
+
+    def write_image(self, topic: str, image: np.ndarray, encoding: str, stamp_ns: int,
+                    frame_id: str = "", log_ns: int | None = None) -> bytes:
+        """Write one image (header stamp ``stamp_ns``; logged at ``log_ns`` or the stamp);
+        returns its CDR bytes."""
+        msg = image_message(self.typestore, image, encoding, stamp_ns, frame_id)
+        raw = bytes(self.typestore.serialize_cdr(msg, IMAGE_TYPE))
+        self.write_raw(topic, stamp_ns if log_ns is None else log_ns, raw)
+        return raw
+
+
+# ----------------------------------------------------------------------- stream generation
+@dataclass(frozen=True)
+class StreamFrame:
+    """One generated camera frame: which stream, header stamp, log time, scene time."""
+
+    stream: str  # "thermal" or "rgb"
+    stamp_ns: int
+    log_ns: int
+    t: float  # scene time in seconds since the start (what the image shows)
+
+
+def stream_stamps(
+    duration_s: float,
+    rate_hz: float,
+    stream: str,
+    jitter_ms: float = 0.0,
+    latency_ms: float = 3.0,
+    start_ns: int = DEFAULT_START_NS,
+    offset_s: float = 0.0,
+    gaps: Iterable[tuple[float, float]] = (),
+    rng: np.random.Generator | None = None,
+) -> list[StreamFrame]:
+    """Frames of one free-running camera over ``[0, duration_s)``.
+
+    Frame ``i`` is exposed at ``offset_s + i / rate_hz``; its header stamp adds Gaussian jitter
+    of ``jitter_ms`` standard deviation (stamps stay strictly increasing); it is logged
+    ``latency_ms`` (plus a little random transport delay) later. Frames whose nominal time
+    falls into a gap ``(t0, t1)`` (seconds, half-open) are left out.
+    """
+    if not (math.isfinite(rate_hz) and rate_hz > 0):
+        raise ValueError(f"{stream} rate must be a positive number of Hz, got {rate_hz}")
+    if not (math.isfinite(duration_s) and duration_s > 0):
+        raise ValueError(f"duration must be positive, got {duration_s}")
+    if jitter_ms < 0 or latency_ms < 0:
+        raise ValueError("jitter and latency must not be negative")
+    rng = rng or np.random.default_rng(0)
+    gaps = list(gaps)
+    n = int(math.ceil((duration_s - offset_s) * rate_hz - 1e-9))
+    frames: list[StreamFrame] = []
+    last = -1
+    for i in range(max(0, n)):
+        t = offset_s + i / rate_hz
+        jitter = rng.normal(0.0, jitter_ms * 1e-3) if jitter_ms else 0.0
+        stamp = start_ns + round((t + jitter) * _NS)
+        stamp = max(stamp, last + 1)  # a camera driver never stamps backwards
+        last = stamp
+        delay = latency_ms * 1e-3 + abs(rng.normal(0.0, 0.3e-3))
+        if any(t0 <= t < t1 for t0, t1 in gaps):
+            continue
+        frames.append(StreamFrame(stream, stamp, stamp + round(delay * _NS), t))
+    return frames
+
+
+def _interleave(*streams: list[StreamFrame]) -> list[StreamFrame]:
+    merged = [f for s in streams for f in s]
+    merged.sort(key=lambda f: (f.log_ns, f.stream))
+    return merged
+
+
+@dataclass
+class StreamSpec:
+    """Options of a generated two-camera stream (see :func:`stream_stamps`)."""
+
+    rgb_rate: float = 30.0
+    thermal_rate: float = 60.0
+    jitter_ms: float = 0.0
+    thermal_bits: int = 8
+    thermal_offset_ms: float = 0.0  # exposure offset of the thermal camera
+    latency_ms: float = 3.0
+    start_ns: int = DEFAULT_START_NS
+    rgb_gaps: list[tuple[float, float]] = field(default_factory=list)
+    thermal_gaps: list[tuple[float, float]] = field(default_factory=list)
+    rgb_encoding: str = "rgb8"
+    seed: int = 0
+
+    def frames(self, duration_s: float) -> list[StreamFrame]:
+        rng = np.random.default_rng(self.seed)
+        rgb = stream_stamps(duration_s, self.rgb_rate, "rgb", self.jitter_ms, self.latency_ms,
+                            self.start_ns, 0.0, self.rgb_gaps, rng)
+        thermal = stream_stamps(duration_s, self.thermal_rate, "thermal", self.jitter_ms,
+                                self.latency_ms, self.start_ns, self.thermal_offset_ms * 1e-3,
+                                self.thermal_gaps, rng)
+        return _interleave(rgb, thermal)
+
+
+def _to_bits(ir: np.ndarray, bits: int) -> np.ndarray:
+    """An 8- or 16-bit thermal frame in the requested depth (8 -> 16: raw-count-like values
+    ``7000 + 8 v``; 16 -> 8: stretched between the frame's minimum and maximum)."""
+    if bits == 16:
+        if ir.dtype == np.uint16:
+            return ir
+        return (7000 + 8 * ir.astype(np.uint16)).astype(np.uint16)
+    if ir.dtype == np.uint8:
+        return ir
+    lo, hi = float(ir.min()), float(ir.max())
+    scaled = (ir.astype(np.float32) - lo) * (255.0 / max(hi - lo, 1.0))
+    return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
+
+
+def synthetic_stream(
+    duration_s: float, spec: StreamSpec, height: int = 48, width: int = 64,
+    condition: str = "night", scene_seed: int = 0,
+) -> Iterator[tuple[StreamFrame, np.ndarray]]:
+    """Frames of a moving synthetic street scene: ``(frame, image)`` in log-time order."""
+    from ..imaging.synthetic import SceneGenerator
+
+    if spec.thermal_bits not in (8, 16):
+        raise ValueError(f"thermal bits must be 8 or 16, got {spec.thermal_bits}")
+    gen = SceneGenerator(scene_seed, height, width, condition, spec.thermal_bits)
+    for frame in spec.frames(duration_s):
+        pair = gen.render(frame.t)
+        if frame.stream == "thermal":
+            yield frame, pair.ir
+        else:
+            yield frame, pair.vis if spec.rgb_encoding == "rgb8" else pair.vis[..., ::-1]
+
+
+def folder_stream(
+    ir_dir: str | Path, vi_dir: str | Path, spec: StreamSpec,
+) -> tuple[float, Iterator[tuple[StreamFrame, np.ndarray]]]:
+    """A stream from a folder of pairs: colour frame ``k`` shows pair ``k`` (in name order);
+    a thermal frame shows the pair on screen at its time. Returns the duration and the
+    frames (``(frame, image)`` in log-time order); images are read lazily."""
+    from ..imaging.io import find_pairs, read_color, read_thermal
+
+    listing = find_pairs(ir_dir, vi_dir)
+    if not listing.pairs:
+        raise ValueError(f"no image pairs (same file names) in '{ir_dir}' and '{vi_dir}'")
+    pairs = listing.pairs
+    duration = len(pairs) / spec.rgb_rate
+
+    def frames() -> Iterator[tuple[StreamFrame, np.ndarray]]:
+        for frame in spec.frames(duration):
+            k = min(len(pairs) - 1, int(math.floor(frame.t * spec.rgb_rate + 1e-6)))
+            _, ir_file, vi_file = pairs[k]
+            if frame.stream == "thermal":
+                yield frame, _to_bits(read_thermal(ir_file), spec.thermal_bits)
+            else:
+                vis = read_color(vi_file)
+                yield frame, vis if spec.rgb_encoding == "rgb8" else vis[..., ::-1]
+
+    return duration, frames()
+
+
+def write_stream(
+    out: str | Path,
+    frames: Iterable[tuple[StreamFrame, np.ndarray]],
+    thermal_topic: str = "/thermal/image",
+    rgb_topic: str = "/rgb/image",
+    storage: str = "mcap",
+    distro: str = "kilted",
+    rgb_encoding: str = "rgb8",
+    overwrite: bool = False,
+    progress: bool = False,
+    total: int | None = None,
+) -> dict[str, int]:
+    """Write generated frames to a new bag; returns the message count per topic."""
+    from tqdm import tqdm
+
+    with ImageBagWriter(out, storage, distro, overwrite) as writer:
+        writer.add_topic(thermal_topic)
+        writer.add_topic(rgb_topic)
+        for frame, image in tqdm(frames, desc="write bag", unit="msg", total=total,
+                                 disable=not progress):
+            if frame.stream == "thermal":
+                encoding = "mono16" if image.dtype == np.uint16 else "mono8"
+                writer.write_image(thermal_topic, image, encoding, frame.stamp_ns,
+                                   "thermal_camera", frame.log_ns)
+            else:
+                writer.write_image(rgb_topic, np.ascontiguousarray(image), rgb_encoding,
+                                   frame.stamp_ns, "rgb_camera", frame.log_ns)
+        return dict(writer.counts)

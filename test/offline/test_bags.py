@@ -1,0 +1,259 @@
+"""Bags written and read with rosbags: round trips, rclpy compatibility, stamps, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cldyn_ros.cli import main
+from cldyn_ros.imaging.synthetic import SceneGenerator, generate_pairs, write_pairs
+from cldyn_ros.offline.bags import (
+    IMAGE_TYPE,
+    BagError,
+    ImageBagWriter,
+    StreamSpec,
+    bag_info,
+    iter_messages,
+    read_images,
+    stream_stamps,
+    synthetic_stream,
+    write_stream,
+)
+
+H, W = 48, 64
+TOPICS = ["/thermal/image", "/rgb/image"]
+
+
+def make_bag(path: Path, seconds: float = 0.5, storage: str = "mcap", **spec: object) -> Path:
+    stream_spec = StreamSpec(**spec)  # type: ignore[arg-type]
+    write_stream(path, synthetic_stream(seconds, stream_spec, H, W), storage=storage,
+                 rgb_encoding=stream_spec.rgb_encoding)
+    return path
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+@pytest.mark.parametrize("bits", [8, 16])
+def test_round_trip(tmp_path: Path, storage: str, bits: int) -> None:
+    spec = StreamSpec(rgb_rate=10, thermal_rate=20, jitter_ms=1.0, thermal_bits=bits)
+    bag = make_bag(tmp_path / "bag", 0.5, storage, rgb_rate=10, thermal_rate=20, jitter_ms=1.0,
+                   thermal_bits=bits)
+    info = bag_info(bag)
+    assert info.storage == storage
+    assert info.topics == {"/thermal/image": (IMAGE_TYPE, 10), "/rgb/image": (IMAGE_TYPE, 5)}
+    expected = {(f.stream, f.stamp_ns): f for f in spec.frames(0.5)}
+    gen = SceneGenerator(0, H, W, "night", bits)
+    records = list(read_images(bag, TOPICS))
+    assert len(records) == 15
+    assert [r.log_ns for r in records] == sorted(r.log_ns for r in records)
+    for rec in records:
+        stream = "thermal" if rec.topic == "/thermal/image" else "rgb"
+        frame = expected[(stream, rec.stamp_ns)]
+        assert rec.log_ns == frame.log_ns > rec.stamp_ns
+        pair = gen.render(frame.t)
+        if stream == "thermal":
+            assert rec.encoding == ("mono16" if bits == 16 else "mono8")
+            assert rec.image.dtype == (np.uint16 if bits == 16 else np.uint8)
+            np.testing.assert_array_equal(rec.image, pair.ir)
+            assert rec.frame_id == "thermal_camera"
+        else:
+            assert rec.encoding == "rgb8"
+            np.testing.assert_array_equal(rec.image, pair.vis)
+
+
+@pytest.mark.parametrize("distro", ["humble", "jazzy", "kilted"])
+def test_distros_and_bgr(tmp_path: Path, distro: str) -> None:
+    spec = StreamSpec(rgb_rate=10, thermal_rate=10, rgb_encoding="bgr8")
+    write_stream(tmp_path / "b", synthetic_stream(0.2, spec, H, W), storage="sqlite3",
+                 distro=distro, rgb_encoding="bgr8")
+    rgb = [r for r in read_images(tmp_path / "b", TOPICS) if r.topic == "/rgb/image"]
+    assert rgb and rgb[0].encoding == "bgr8"
+    vis = SceneGenerator(0, H, W).render(0.0).vis
+    np.testing.assert_array_equal(rgb[0].image, vis[..., ::-1])
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_rclpy_deserialises_bag_messages(tmp_path: Path, storage: str) -> None:
+    serialization = pytest.importorskip("rclpy.serialization")
+    sensor_msgs = pytest.importorskip("sensor_msgs.msg")
+    from cldyn_ros.streams.image_msgs import image_to_numpy, stamp_to_ns
+
+    bag = make_bag(tmp_path / "bag", 0.3, storage, rgb_rate=10, thermal_rate=10,
+                   thermal_bits=16)
+    decoded = {(r.topic, r.stamp_ns): r for r in read_images(bag, TOPICS)}
+    n = 0
+    for topic, msgtype, _, raw in iter_messages(bag):
+        assert msgtype == IMAGE_TYPE
+        msg = serialization.deserialize_message(bytes(raw), sensor_msgs.Image)
+        rec = decoded[(topic, stamp_to_ns(msg.header.stamp))]
+        assert msg.encoding == rec.encoding and msg.header.frame_id == rec.frame_id
+        np.testing.assert_array_equal(image_to_numpy(msg), rec.image)
+        # Same length as rclpy's own serialisation (padding bytes may differ: CDR leaves
+        # them unspecified).
+        assert len(serialization.serialize_message(msg)) == len(raw)
+        n += 1
+    assert n == 6
+
+
+def test_stream_stamps_jitter_gaps_and_offsets() -> None:
+    rng = np.random.default_rng(1)
+    frames = stream_stamps(2.0, 30, "rgb", jitter_ms=5.0, rng=rng, gaps=[(0.5, 1.0)])
+    stamps = [f.stamp_ns for f in frames]
+    assert all(b > a for a, b in zip(stamps, stamps[1:], strict=False))
+    assert len(frames) == 60 - 15
+    assert not any(0.5 <= f.t < 1.0 for f in frames)
+    offsets = [(f.stamp_ns - 1_704_067_200_000_000_000) / 1e9 - f.t for f in frames]
+    assert 0.002 < np.std(offsets) < 0.008  # about the 5 ms of jitter asked for
+    assert all(2_500_000 <= f.log_ns - f.stamp_ns < 6_000_000 for f in frames)
+    spec = StreamSpec(rgb_rate=30, thermal_rate=60, thermal_offset_ms=7)
+    thermal = [f for f in spec.frames(1.0) if f.stream == "thermal"]
+    assert len(thermal) == 60 and abs(thermal[0].t - 0.007) < 1e-9
+    with pytest.raises(ValueError, match="rate"):
+        stream_stamps(1.0, 0, "rgb")
+
+
+def test_cli_from_images_folders_and_synthetic(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    ir_dir, vi_dir = write_pairs(generate_pairs(4, seed=2, height=H, width=W), tmp_path / "pairs")
+    bag = tmp_path / "folder_bag"
+    assert main(["bag", "from-images", "--ir", str(ir_dir), "--vi", str(vi_dir), "--out",
+                 str(bag), "--storage", "sqlite3", "--rgb-rate", "10", "--thermal-rate", "20",
+                 "--jitter-ms", "1", "--thermal-bits", "16", "--distro", "humble",
+                 "--no-progress"]) == 0
+    info = bag_info(bag)
+    assert info.storage == "sqlite3"
+    assert info.topics["/rgb/image"][1] == 4 and info.topics["/thermal/image"][1] == 8
+    records = list(read_images(bag, TOPICS))
+    thermal = [r for r in records if r.topic == "/thermal/image"]
+    assert thermal[0].encoding == "mono16" and thermal[0].image.dtype == np.uint16
+
+    syn = tmp_path / "syn"
+    assert main(["bag", "from-images", "--synthetic", "0.5", "--size", "40", "56", "--out",
+                 str(syn), "--rgb-rate", "10", "--thermal-rate", "30", "--gap",
+                 "thermal:0.1:0.3", "--no-progress", "--thermal-topic", "/ir"]) == 0
+    info = bag_info(syn)
+    assert info.storage == "mcap"
+    assert info.topics["/rgb/image"][1] == 5 and info.topics["/ir"][1] == 15 - 6
+    capsys.readouterr()
+    assert main(["bag", "info", str(syn)]) == 0
+    out = capsys.readouterr().out
+    assert "/ir  sensor_msgs/msg/Image  9" in out
+
+
+def test_cli_from_images_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = str(tmp_path / "b")
+    assert "--synthetic" in one_line_error(capsys, ["bag", "from-images", "--out", out])
+    ir_dir, vi_dir = write_pairs(generate_pairs(1, height=H, width=W), tmp_path / "p")
+    assert "not both" in one_line_error(capsys, [
+        "bag", "from-images", "--synthetic", "1", "--ir", str(ir_dir), "--vi", str(vi_dir),
+        "--out", out])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "no image pairs" in one_line_error(capsys, [
+        "bag", "from-images", "--ir", str(empty), "--vi", str(empty), "--out", out])
+    assert main(["bag", "from-images", "--synthetic", "0.1", "--size", "32", "32", "--out", out,
+                 "--no-progress"]) == 0
+    assert "already exists" in one_line_error(capsys, [
+        "bag", "from-images", "--synthetic", "0.1", "--out", out])
+    assert main(["bag", "from-images", "--synthetic", "0.1", "--size", "32", "32", "--out", out,
+                 "--no-progress", "--overwrite"]) == 0
+    with pytest.raises(SystemExit) as exc:
+        main(["bag", "from-images", "--synthetic", "1", "--out", out, "--gap", "ir:0:1"])
+    assert exc.value.code == 2
+
+
+def test_reading_bad_bags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(BagError, match="does not exist"):
+        bag_info(tmp_path / "missing")
+    (tmp_path / "notabag").mkdir()
+    with pytest.raises(BagError, match="no metadata.yaml"):
+        bag_info(tmp_path / "notabag")
+    (tmp_path / "file.db3").write_bytes(b"x")
+    with pytest.raises(BagError, match="is a file"):
+        bag_info(tmp_path / "file.db3")
+    broken = make_bag(tmp_path / "broken", 0.1, "sqlite3", rgb_rate=10, thermal_rate=10)
+    (broken / "metadata.yaml").write_text("rosbag2_bagfile_information: [oops")
+    with pytest.raises(BagError, match="cannot open bag"):
+        bag_info(broken)
+    assert "cannot open bag" in one_line_error(capsys, ["bag", "info", str(broken)])
+
+    other = tmp_path / "other"
+    with ImageBagWriter(other, "sqlite3") as writer:
+        store = writer.typestore
+        msg = store.types["std_msgs/msg/String"](data="hello")
+        writer.write_raw("/chatter", 1, store.serialize_cdr(msg, "std_msgs/msg/String"),
+                         "std_msgs/msg/String")
+        writer.add_topic("/rgb/image")
+    with pytest.raises(BagError, match="'/chatter' has message type 'std_msgs/msg/String'"):
+        list(read_images(other, ["/chatter"]))
+    with pytest.raises(BagError, match="'/thermal/image' is not in bag.*image topics in the "
+                                       "bag: /rgb/image"):
+        list(read_images(other, ["/thermal/image"]))
+    with pytest.raises(BagError, match="no messages"):
+        list(read_images(other, ["/rgb/image"]))
+    with pytest.raises(BagError, match="unknown to the kilted type store"):
+        with ImageBagWriter(tmp_path / "x", "mcap") as writer:
+            writer.add_topic("/a", "my_msgs/msg/Thing")
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_truncated_bag_is_a_bag_error(tmp_path: Path, storage: str) -> None:
+    """Never anything but a BagError (sqlite3: cannot open; MCAP: salvaged, then an error
+    where the damage starts)."""
+    bag = make_bag(tmp_path / "bag", 1.0, storage, rgb_rate=30, thermal_rate=30)
+    data = next(p for p in bag.iterdir() if p.suffix in (".mcap", ".db3"))
+    raw = data.read_bytes()
+    data.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(BagError, match="truncated or corrupt|cannot open bag") as exc:
+        for _ in read_images(bag, TOPICS):
+            pass
+    assert "\n" not in str(exc.value)
+
+
+def test_help_of_bag_eval_and_replay_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["bag", "from-images", "--help"], ["bag", "info", "--help"],
+                 ["eval", "bag", "--help"], ["eval", "suite", "--help"], ["replay", "--help"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 0
+        assert "usage:" in capsys.readouterr().out
+
+
+def test_truncated_mcap_is_salvaged_up_to_the_damage(tmp_path: Path) -> None:
+    """An interrupted recording: the MCAP file has no footer (and maybe no metadata.yaml)."""
+    bag = make_bag(tmp_path / "bag", 1.0, "mcap", rgb_rate=30, thermal_rate=30)
+    intact = [(r.topic, r.stamp_ns) for r in read_images(bag, TOPICS)]
+    data = next(bag.glob("*.mcap"))
+    # The bare file of an intact bag reads completely, without metadata.yaml.
+    info = bag_info(data)
+    assert info.damaged is None and info.message_count == 60
+    assert [m[0] for m in iter_messages(data)] == [t for t, _ in intact]
+
+    raw = data.read_bytes()
+    data.write_bytes(raw[: len(raw) // 2])
+    info = bag_info(bag)
+    assert 20 <= info.message_count < 60
+    assert "salvaged" in info.damaged and "File end magic" in info.damaged
+    got = []
+    with pytest.raises(BagError, match="truncated or corrupt: read .* before the damage"):
+        for rec in read_images(bag, TOPICS):
+            got.append((rec.topic, rec.stamp_ns))
+    assert got == intact[: len(got)] and len(got) == info.message_count
+    (bag / "metadata.yaml").unlink()
+    assert "no metadata.yaml" in bag_info(bag).damaged
+    # Cut inside the first records: nothing to salvage, and the error says why.
+    data.write_bytes(raw[:100])
+    with pytest.raises(BagError, match="not in bag.*the bag is damaged"):
+        list(read_images(bag, TOPICS))
+    data.write_bytes(b"not an mcap file at all")
+    with pytest.raises(BagError, match="not an MCAP file"):
+        bag_info(bag)
