@@ -2,7 +2,7 @@
 
 Layout (a plain dict, loadable with ``torch.load(..., weights_only=True)``)::
 
-    format:          "cldyn_ros.inference.checkpoint"
+    format:          "cldyn_ros.checkpoint"
     format_version:  1
     config:          CLDyNConfig.to_dict()
     state_dict:      model weights
@@ -24,7 +24,8 @@ from torch import Tensor
 
 from ..model import CLDyN, CLDyNConfig
 
-FORMAT = "cldyn_ros.inference.checkpoint"
+# The file-format identifier (kept when the module moved: shipped checkpoints carry it).
+FORMAT = "cldyn_ros.checkpoint"
 FORMAT_VERSION = 1
 #: Reserved task name: plain VFN fusion, no compensation.
 NO_TASK = "none"
