@@ -9,6 +9,14 @@ from ..imaging.thermal import ThermalNormalizer
 from ..inference.engine import PRECISIONS, THERMAL_MODES, FusionEngine, TaskRequest
 
 
+class CLIError(Exception):
+    """A user-facing error; ``main`` prints it and exits with ``code``."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
     """Model, device, precision and thermal-handling options."""
     g = parser.add_argument_group("model and device")

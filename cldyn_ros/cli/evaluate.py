@@ -173,7 +173,7 @@ def run_images(args: argparse.Namespace) -> int:
 def run_bag(args: argparse.Namespace) -> int:
     from ..offline.bag_eval import BagEvalSettings, evaluate_bag
     from ..offline.bags import bag_info, check_image_topics
-    from . import CLIError
+    from .common import CLIError
 
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     if not tasks or len(set(tasks)) != len(tasks):

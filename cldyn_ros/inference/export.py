@@ -36,17 +36,15 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..model import CLDyN
+from .backend import TaskError, TaskRequest
 from .checkpoint import NO_TASK, LoadedModel
-
-if TYPE_CHECKING:
-    from .engine import FusionEngine, TaskRequest
 
 META_KEY = "cldyn_ros"
 OPSET = 17
@@ -206,7 +204,8 @@ def default_providers() -> list[str]:
 
 
 class OnnxRunner:
-    """Runs an exported model for :class:`~cldyn_ros.inference.engine.FusionEngine`
+    """A :class:`~cldyn_ros.inference.backend.FusionBackend` running an exported model for
+    :class:`~cldyn_ros.inference.engine.FusionEngine`
     (``backend="onnx"``): maps the engine's task requests onto the model's baked tasks
     (blends through the ``weights`` input when the model has one)."""
 
@@ -238,22 +237,22 @@ class OnnxRunner:
         self.blend = bool(self.meta["blend_input"])
 
     @classmethod
-    def create(cls, engine: FusionEngine, path, tasks, providers) -> OnnxRunner:
-        vectors = engine.loaded.task_vectors
+    def create(cls, loaded: LoadedModel, embed_max_side: int,
+               path: str | os.PathLike | None, tasks: Sequence[str] | None,
+               providers: Sequence[str] | None) -> OnnxRunner:
+        """From the file at ``path``, or exported on the fly for ``tasks``."""
+        vectors = loaded.task_vectors
         threads = torch.get_num_threads()
         if path is not None:
             return cls(path, vectors, providers, threads)
-        tasks = list(tasks or engine.loaded.task_names) or [NO_TASK]
+        tasks = list(tasks or loaded.task_names) or [NO_TASK]
         buf = io.BytesIO()
-        side = engine.runner.model.embed_max_side
-        export_onnx(engine.loaded, tasks, buf, dynamic=True, embed_max_side=side)
+        export_onnx(loaded, tasks, buf, dynamic=True, embed_max_side=embed_max_side)
         return cls(buf.getvalue(), vectors, providers, threads)
 
     def weights_for(self, vector: Tensor) -> np.ndarray:
         """Blend weights over the baked tasks reproducing ``vector`` (least squares);
-        raises :class:`~cldyn_ros.inference.engine.TaskError` when no blend does."""
-        from .engine import TaskError
-
+        raises :class:`~cldyn_ros.inference.backend.TaskError` when no blend does."""
         v = vector.detach().float().cpu()
         sol = torch.linalg.lstsq(self.basis.t(), v.unsqueeze(1)).solution[:, 0]
         err = (self.basis.t() @ sol - v).abs().max()
@@ -263,8 +262,6 @@ class OnnxRunner:
         return sol.clamp_min(0).numpy()
 
     def fuse_luminance(self, ir: Tensor, vis_y: Tensor, reqs: Sequence[TaskRequest]) -> Tensor:
-        from .engine import TaskError
-
         h, w = ir.shape[-2:]
         if self.meta["height"] is not None and (h, w) != (self.meta["height"],
                                                            self.meta["width"]):

@@ -94,7 +94,8 @@ def image_luminance(image: np.ndarray, order: str = "rgb") -> Tensor:
     return rgb_to_ycbcr(rgb)[:, :1]
 
 
-def _stats(values: Sequence[float]) -> dict[str, float]:
+def summary_stats(values: Sequence[float | None]) -> dict[str, float]:
+    """Count, mean, std, min, median, 95th percentile and max of the finite values."""
     vals = np.asarray([v for v in values if v is not None and math.isfinite(v)], np.float64)
     if vals.size == 0:
         return {"n": 0, "mean": float("nan"), "std": float("nan"), "min": float("nan"),
@@ -128,7 +129,7 @@ class ReportBuilder:
         self.records: list[dict[str, Any]] = []
         self.samples: list[tuple[str, list[np.ndarray]]] = []
         self.warnings: list[str] = []
-        self._sample_stamps = set(sample_stamps)
+        self.sample_stamps = set(sample_stamps)
         self._pending: list[_Pending] = []
         self._failed_metrics: set[str] = set()
 
@@ -157,7 +158,7 @@ class ReportBuilder:
         self._pending.append(_Pending(record, fused, ir.float().cpu(), vis.float().cpu()))
         if len(self._pending) >= self.batch_size:
             self._flush()
-        if stamp_ns in self._sample_stamps and thermal_image is not None:
+        if stamp_ns in self.sample_stamps and thermal_image is not None:
             tiles = [thermal_image, color_image if order == "rgb" else color_image[..., ::-1]]
             tiles += [images[t] if order == "rgb" else images[t][..., ::-1] for t in self.tasks
                       if t in images]
@@ -200,7 +201,7 @@ class ReportBuilder:
                 vals = [r["metrics"][task][m] for r in self.records
                         if task in r["metrics"] and m in r["metrics"][task]]
                 if vals:
-                    out[task][m] = _stats(vals)
+                    out[task][m] = summary_stats(vals)
         return out
 
     def latency(self) -> dict[str, dict[str, float]]:
@@ -208,11 +209,12 @@ class ReportBuilder:
         for r in self.records:
             for k, v in r["timings_ms"].items():
                 stages.setdefault(k, []).append(v)
-        return {k: _stats(v) for k, v in stages.items()}
+        return {k: summary_stats(v) for k, v in stages.items()}
 
 
 # --------------------------------------------------------------------------- pairing
-def _sample_stamps(color_stamps: Sequence[int], n: int = SHEET_ROWS) -> list[int]:
+def sample_stamps(color_stamps: Sequence[int], n: int = SHEET_ROWS) -> list[int]:
+    """Up to ``n`` stamps spread evenly over ``color_stamps`` (the contact-sheet rows)."""
     if not color_stamps:
         return []
     idx = np.unique(np.linspace(0, len(color_stamps) - 1, min(n, len(color_stamps))).round())
@@ -292,7 +294,7 @@ def evaluate_bag(
                                    settings.slop, settings.queue_size, settings.max_delay)
     color_stamps = [p.color.stamp_ns for p in prepass_pairs]
     builder = ReportBuilder(settings.tasks, settings.metrics, settings.batch_size,
-                            _sample_stamps(color_stamps))
+                            sample_stamps(color_stamps))
     warnings: list[str] = []
     fusion_errors = 0
     writer = None
@@ -391,7 +393,7 @@ def evaluate_bag(
         "settings": settings.as_dict(),
         "model": {"label": model_label, "device": str(engine.device),
                   "precision": engine.precision, "tasks": engine.task_names},
-        "pairing": {**stats, "gap_ms": _stats([r["gap_ms"] for r in records])},
+        "pairing": {**stats, "gap_ms": summary_stats([r["gap_ms"] for r in records])},
         "frames": {"fused": len(records), "fusion_errors": fusion_errors,
                    "decode_errors": decode_errors},
         "summary": builder.summary(),

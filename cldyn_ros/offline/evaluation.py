@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from ..imaging.io import ImageReadError, PairListing, find_pairs, read_color, read_thermal
-from ..imaging.thermal import ThermalNormalizer
-from ..inference.engine import FusionEngine, TaskRequest, thermal_to_unit
+from ..imaging.io import ImageReadError, PairListing, read_color, read_thermal
+from ..imaging.thermal import ThermalNormalizer, thermal_to_unit
+from ..inference.engine import FusionEngine, TaskRequest
 from ..metrics import METRIC_NAMES, fusion_metrics
 from ..model import rgb_to_ycbcr
 from .baselines import BASELINES
@@ -268,26 +268,3 @@ def evaluate(
         if cache is not None and todo and keys:
             cache.save()  # after every pair: an interrupted run keeps what it computed
     return table
-
-
-def evaluate_folders(
-    ir_dir: Path,
-    vi_dir: Path,
-    fused: Mapping[str, Path] | None = None,
-    engine: FusionEngine | None = None,
-    model_label: str = "CLDyN (ours)",
-    baselines: Sequence[str] = tuple(BASELINES),
-    metrics: Sequence[str] = METRIC_NAMES,
-    progress: bool = True,
-) -> MetricTable:
-    """Convenience: pairs from two folders; the model (if given), baselines and fused-output
-    folders as methods."""
-    listing = find_pairs(ir_dir, vi_dir)
-    methods: dict[str, Method] = {}
-    if engine is not None:
-        methods[model_label] = engine_method(engine)
-    for b in baselines:
-        methods[b] = baseline_method(b)
-    for label, folder in (fused or {}).items():
-        methods[label] = folder_method(folder)
-    return evaluate(listing, methods, metrics, progress)

@@ -26,16 +26,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..imaging.thermal import ThermalNormalizer
-from ..inference.engine import thermal_to_unit
+from ..imaging.thermal import ThermalNormalizer, thermal_to_unit
 from ..metrics import METRIC_NAMES
 from ..offline.bag_eval import (
     ReportBuilder,
-    _sample_stamps,
-    _stats,
     image_luminance,
     pair_bag,
     pairing_warnings,
+    sample_stamps,
+    summary_stats,
     write_report,
 )
 from ..offline.bags import (
@@ -374,7 +373,7 @@ def _build_report(bag: Path, info: Any, settings: ReplaySettings, params: Mappin
                                    float(params.get("thermal_high_percentile", 99.0)),
                                    float(params.get("thermal_smoothing", 0.9)))
     builder = ReportBuilder(labels, settings.metrics, settings.batch_size,
-                            _sample_stamps(received_stamps))
+                            sample_stamps(received_stamps))
     start_ns = min(by_stamp) if by_stamp else (received_stamps[0] if received_stamps else 0)
     for s in received_stamps:
         if s not in colors or thermal_for.get(s) not in thermals:
@@ -443,7 +442,7 @@ def _build_report(bag: Path, info: Any, settings: ReplaySettings, params: Mappin
         "model": {"label": f"fusion_node {settings.node}: {params.get('model_path') or 'default'}",
                   "device": params.get("device", "?"), "precision": params.get("precision", "?"),
                   "parameters": dict(params)},
-        "pairing": {**stats, "gap_ms": _stats([r["gap_ms"] for r in records])},
+        "pairing": {**stats, "gap_ms": summary_stats([r["gap_ms"] for r in records])},
         "live": live,
         "frames": {"fused": len(records)},
         "summary": builder.summary(),

@@ -39,8 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..imaging.io import IMAGE_EXTENSIONS, read_color, read_thermal
-from ..imaging.thermal import ThermalNormalizer
-from ..inference.engine import thermal_to_unit
+from ..imaging.thermal import ThermalNormalizer, thermal_to_unit
 
 __all__ = [
     "SELF_SUPERVISED",
