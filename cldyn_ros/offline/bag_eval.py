@@ -34,10 +34,12 @@ import torch
 from torch import Tensor
 
 from .. import __version__
-from ..inference.engine import FusionEngine, InputError
+from ..inference.engine import FusionEngine
 from ..metrics import METRIC_NAMES, fusion_metrics
 from ..model import rgb_to_ycbcr
 from ..streams.pairing import ApproximateTimePairer, Frame, Pair
+from ..streams.pipeline import FramePipeline, InputImage
+from ..streams.settings import FusionSettings
 from .bags import (
     BagError,
     ImageBagWriter,
@@ -282,19 +284,19 @@ def evaluate_bag(
     bag = Path(bag)
     info = bag_info(bag)
     check_image_topics(info, [settings.thermal_topic, settings.rgb_topic])
-    requests = [engine.request(t) for t in settings.tasks]
+    # The node's pipeline, one output per task; metrics by the report builder (all pairs).
+    values = dict(FusionSettings().values(), tasks=list(settings.tasks), slop=settings.slop,
+                  queue_size=settings.queue_size, max_delay=settings.max_delay,
+                  metrics_every_n=0)
+    pipeline = FramePipeline(engine, FusionSettings.from_values(values, engine.task_names),
+                             configure_engine=False)
     store = typestore_for("kilted")
-    pairer = ApproximateTimePairer(settings.slop, settings.queue_size, settings.max_delay)
     n_color = info.topics[settings.rgb_topic][1]
     n_msgs = n_color + info.topics[settings.thermal_topic][1]
-
-    # Contact-sheet rows: colour stamps spread over the bag (only stamps are read first).
-    color_stamps: list[int] = []
-    prepass_pairs, _, _ = pair_bag(bag, settings.thermal_topic, settings.rgb_topic,
-                                   settings.slop, settings.queue_size, settings.max_delay)
-    color_stamps = [p.color.stamp_ns for p in prepass_pairs]
-    builder = ReportBuilder(settings.tasks, settings.metrics, settings.batch_size,
-                            sample_stamps(color_stamps))
+    # Contact-sheet rows: colour frames spread over the bag, by their index in the stream.
+    sheet_rows = {int(i) for i in np.unique(
+        np.linspace(0, max(n_color - 1, 0), min(SHEET_ROWS, n_color)).round())}
+    builder = ReportBuilder(settings.tasks, settings.metrics, settings.batch_size)
     warnings: list[str] = []
     fusion_errors = 0
     writer = None
@@ -313,22 +315,25 @@ def evaluate_bag(
         nonlocal fusion_errors
         for pair in pairs:
             color, thermal = pair.color.data, pair.thermal.data
-            order = "bgr" if color.encoding == "bgr8" else "rgb"
             t0 = time.perf_counter()
-            try:
-                result = engine.fuse(thermal.image, color.image, requests, color_order=order)
-            except InputError as e:
+            out = pipeline.fuse(pair)
+            if out is None:
                 fusion_errors += 1
                 if fusion_errors <= 5:
-                    warnings.append(f"pair at {pair.color.stamp_ns} ns not fused: {e}")
+                    warnings.append(f"pair at {pair.color.stamp_ns} ns not fused: "
+                                    f"{pipeline.last_error}")
                 continue
+            result = out.result
             timings = dict(result.timings)
             timings["decode"] = color.decode_ms + thermal.decode_ms
             timings["total"] = (time.perf_counter() - t0) * 1000.0 + timings["decode"]
             t_s = (pair.color.stamp_ns - (start_ns or pair.color.stamp_ns)) / _NS
+            if color.header in sheet_rows:  # the header slot holds the colour frame's index
+                builder.sample_stamps.add(pair.color.stamp_ns)
+            # The report and the output bag keep the input's channel order.
             builder.add(pair.color.stamp_ns, t_s, pair.gap_ns, pair.thermal.stamp_ns,
                         result.images, result.ir, result.vis_y, timings, result.color_order,
-                        thermal.image, color.image)
+                        thermal.array, color.array)
             if writer is not None:
                 for label, img in result.images.items():
                     writer.write_image(FUSED_TOPIC.format(task=label), img,
@@ -339,6 +344,7 @@ def evaluate_bag(
     progress = tqdm(total=n_msgs, desc="eval bag", unit="msg", disable=not settings.progress)
     decode_errors = 0
     last_log = 0
+    color_index = 0
     try:
         topics = None if writer is not None else [settings.thermal_topic, settings.rgb_topic]
         for topic, msgtype, log_ns, raw in iter_messages(bag, topics):
@@ -360,24 +366,26 @@ def evaluate_bag(
                 if decode_errors <= 5:
                     warnings.append(str(e))
                 continue
+            role = "thermal" if topic == settings.thermal_topic else "color"
+            index = None
+            if role == "color":
+                index, color_index = color_index, color_index + 1
             # A writable copy: the bag's buffer is read-only, which torch warns about.
-            payload = _Decoded(rec.image.copy(), rec.encoding, (time.perf_counter() - t0) * 1000.0)
+            payload = InputImage(rec.image.copy(), rec.encoding, index,
+                                 (time.perf_counter() - t0) * 1000.0)
             frame = Frame(rec.stamp_ns, payload, rec.frame_id, log_ns)
             if start_ns is None:
                 start_ns = rec.stamp_ns
-            if topic == settings.thermal_topic:
-                handle(pairer.add_thermal(frame), log_ns)
-            else:
-                handle(pairer.add_color(frame), log_ns)
+            handle(pipeline.add(role, frame), log_ns)
     except BagError as e:
         warnings.append(f"{e}; the report covers the messages before the damage")
     finally:
         progress.close()
-    handle(pairer.flush(), last_log)
+    handle(pipeline.flush(), last_log)
     if writer is not None:
         writer.close()
     records = builder.finish()
-    stats = pairer.stats.as_dict()
+    stats = pipeline.pairing_stats()
     if decode_errors > 5:
         warnings.append(f"{decode_errors} undecodable image messages in all")
     if fusion_errors > 5:
@@ -406,13 +414,6 @@ def evaluate_bag(
     if out_dir is not None:
         write_report(out_dir, report, builder.samples, settings.tasks)
     return report
-
-
-@dataclass
-class _Decoded:
-    image: np.ndarray
-    encoding: str
-    decode_ms: float
 
 
 # ----------------------------------------------------------------------------- output

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cldyn_ros import node as fusion_node
+from cldyn_ros.ros import node as fusion_node
 from cldyn_ros.ros.node import (
     BUILTIN_PARAMETERS,
     NODE_NAME,
