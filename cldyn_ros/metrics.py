@@ -428,6 +428,7 @@ def ssim(fused: Tensor, ir: Tensor, vis: Tensor) -> Tensor:
         k2=0.03,
         reduction="none",
     )
+    assert isinstance(scores, Tensor)  # reduction="none": one score per image
     return scores.view(2, batch).mean(dim=0)
 
 

@@ -254,7 +254,9 @@ def thermal_to_unit_torch(x: Tensor, dtype: np.dtype, normalizer: ThermalNormali
     if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
         return torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     # the same float32 arithmetic as ThermalNormalizer.apply
-    out = x.float().sub_(np.float32(lo)).mul_(np.float32(1.0 / (hi - lo))).clamp_(0.0, 1.0)
+    # numpy float32 scalars (torch takes them; its stubs do not say so)
+    out = x.float().sub_(np.float32(lo)).mul_(  # type: ignore[arg-type]
+        np.float32(1.0 / (hi - lo))).clamp_(0.0, 1.0)  # type: ignore[arg-type]
     if x.is_floating_point():
         out = torch.nan_to_num(out, nan=0.0)
     return out

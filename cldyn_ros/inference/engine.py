@@ -4,7 +4,7 @@ No ROS import. The ROS node, bag replay and the command-line tools all fuse thro
 :meth:`FusionEngine.fuse`, so they share one code path.
 
 Speed (issue 6): the engine runs an inference copy of the model
-(:meth:`CLDyN.fuse_for_inference`: batch norms folded, in-place activations) in
+(:func:`~cldyn_ros.inference.fast.inference_copy`: batch norms folded, in-place activations) in
 ``inference_mode``, optionally channels-last, with the A2SI image embedding at reduced
 resolution (``embed_max_side``) and the task embeddings cached per task vector. The frame
 is uploaded as raw 8/16-bit data (through pinned host buffers on CUDA) and converted on the
@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -42,6 +43,7 @@ from ..imaging.thermal import (
 from ..model import rgb_to_ycbcr, ycbcr_to_rgb
 from .backend import DeviceError, FusionBackend, InputError, TaskError, TaskRequest
 from .checkpoint import NO_TASK, LoadedModel, load_checkpoint
+from .fast import inference_copy
 
 __all__ = [
     "BACKENDS", "PRECISIONS", "THERMAL_MODES", "DeviceError", "FusionBackend", "FusionEngine",
@@ -154,7 +156,7 @@ class TorchRunner:
             optimize or compile or embed_max_side != model.embed_max_side
         )
         if optimize:
-            model = model.fuse_for_inference()  # a copy
+            model = inference_copy(model)  # a copy
         elif retune_rsc or channels_last:  # never change the caller's model behind its back
             import copy
 
@@ -166,7 +168,7 @@ class TorchRunner:
         if channels_last:
             # Weights in the same layout as the frames: oneDNN and cuDNN then run the
             # convolutions without converting layouts on every call.
-            model = model.to(memory_format=torch.channels_last)
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.model = model
         self.device = device
         self.channels_last = channels_last
@@ -262,7 +264,8 @@ class FusionEngine:
         registration: maps the thermal frame onto the colour frame.
         threads: CPU threads for torch (``None`` keeps torch's default).
         optimize: run an inference copy of the model with batch norms folded into the
-            convolutions (:meth:`CLDyN.fuse_for_inference`; equal up to float rounding).
+            convolutions (:func:`~cldyn_ros.inference.fast.inference_copy`; equal up to float
+            rounding).
             ``False`` runs the model as loaded (the plain eager baseline).
         embed_max_side: longer side at which the A2SI image embeddings run (``0``: full
             resolution as in the method; ``None``: the checkpoint's setting).
@@ -333,7 +336,7 @@ class FusionEngine:
             channels_last = optimize or self.device.type == "cuda"
         if compile and compile_mode is None and self.device.type == "cuda":
             compile_mode = "reduce-overhead"
-        self._runner_args = dict(
+        self._runner_args: dict[str, Any] = dict(
             optimize=optimize, channels_last=channels_last, embed_max_side=embed_max_side,
             compile=compile, compile_backend=compile_backend, compile_mode=compile_mode,
         )
@@ -402,7 +405,7 @@ class FusionEngine:
         if any(w < 0 or not np.isfinite(w) for w in weights.values()):
             raise TaskError(f"blend weights must be finite and non-negative, got {weights}")
         total = sum(weights.values())
-        vector = sum(self.task_vectors[k] * (w / total) for k, w in weights.items())
+        vector = cast(Tensor, sum(self.task_vectors[k] * (w / total) for k, w in weights.items()))
         name = label or "+".join(f"{k}:{w / total:.2f}" for k, w in sorted(weights.items()))
         return TaskRequest(name, vector, float(strength))
 
@@ -450,6 +453,7 @@ class FusionEngine:
             if not is_device_failure(e):
                 raise
             fused_y, ir, ycbcr = self._recover(e, thermal, color, color_order, reqs, timings)
+            assert self.fallback_device is not None  # _recover raised otherwise
             device = self.fallback_device
         with self._timed(timings, "postprocess"):
             images_np = self._render_timed(fused_y, ycbcr, color_order,

@@ -1,6 +1,6 @@
 """ONNX export of the fusion network and an onnxruntime backend for the engine.
 
-The exported graph is the inference form of CLDyN (:meth:`CLDyN.fuse_for_inference`)
+The exported graph is the inference form of CLDyN (:func:`.fast.inference_copy`)
 with *static selection*: every A2SI branch runs all four convolution configurations
 weighted by its one-hot gate. The forward value equals the per-configuration gather the
 PyTorch path uses (``A2SI._selected``), whose data-dependent shapes (``nonzero``, index
@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from ..model import CLDyN
 from .backend import TaskError, TaskRequest
 from .checkpoint import NO_TASK, LoadedModel
+from .fast import inference_copy
 
 META_KEY = "cldyn_ros"
 OPSET = 17
@@ -63,13 +64,15 @@ class FusionGraph(nn.Module):
         super().__init__()
         if model.rsc is None:
             raise ExportError("this model has no RSC: export it without tasks is not supported")
-        self.model = model.fuse_for_inference().set_static_selection(True, unfold_conv)
+        self.model = inference_copy(model).set_static_selection(True, unfold_conv)
+        self.vectors: Tensor
         self.register_buffer("vectors", vectors.float().clone())
         self.blend_input = blend_input
 
     def forward(self, ir: Tensor, vis_y: Tensor, strength: Tensor,
                 weights: Tensor | None = None) -> Tensor:
         if self.blend_input:
+            assert weights is not None, "a blend-input graph needs weights"
             w = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-12)
             vectors = w @ self.vectors
         else:
@@ -83,7 +86,7 @@ class PlainGraph(nn.Module):
 
     def __init__(self, model: CLDyN) -> None:
         super().__init__()
-        self.model = model.fuse_for_inference()
+        self.model = inference_copy(model)
 
     def forward(self, ir: Tensor, vis_y: Tensor) -> Tensor:
         return self.model(ir, vis_y)
@@ -173,7 +176,8 @@ def export_onnx(
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(graph, args, buffer, input_names=names, output_names=["fused"],
+            torch.onnx.export(graph, args, buffer,  # type: ignore[arg-type]  # a file object
+                              input_names=names, output_names=["fused"],
                               opset_version=OPSET, dynamic_axes=dynamic_axes, dynamo=False)
     except Exception as e:  # exporter failures are many types
         raise ExportError(f"ONNX export failed: {type(e).__name__}: {e}") from e
@@ -289,10 +293,10 @@ class OnnxRunner:
                 slot = None
                 if self.blend:
                     slot = next((s for s in range(self.outputs) if s not in used), None)
-                    if slot is not None and not r.is_plain:
+                    if slot is not None and r.vector is not None and not r.is_plain:
                         weights[slot] = self.weights_for(r.vector)
                 else:
-                    if r.is_plain:
+                    if r.is_plain or r.vector is None:
                         slot = next((s for s in range(self.outputs) if s not in used), None)
                     else:
                         wts = self.weights_for(r.vector)

@@ -73,9 +73,9 @@ class BagEvalSettings:
     thermal_topic: str = "/thermal/image"
     rgb_topic: str = "/rgb/image"
     tasks: tuple[str, ...] = ("none",)
-    slop: float = 0.02
-    queue_size: int = 10
-    max_delay: float = 0.5
+    slop: float = FusionSettings.slop
+    queue_size: int = FusionSettings.queue_size
+    max_delay: float = FusionSettings.max_delay
     metrics: tuple[str, ...] = METRIC_NAMES
     batch_size: int = 16
     write_bag: bool = False
@@ -160,7 +160,8 @@ class ReportBuilder:
         self._pending.append(_Pending(record, fused, ir.float().cpu(), vis.float().cpu()))
         if len(self._pending) >= self.batch_size:
             self._flush()
-        if stamp_ns in self.sample_stamps and thermal_image is not None:
+        if stamp_ns in self.sample_stamps and thermal_image is not None \
+                and color_image is not None:
             tiles = [thermal_image, color_image if order == "rgb" else color_image[..., ::-1]]
             tiles += [images[t] if order == "rgb" else images[t][..., ::-1] for t in self.tasks
                       if t in images]
@@ -223,8 +224,10 @@ def sample_stamps(color_stamps: Sequence[int], n: int = SHEET_ROWS) -> list[int]
     return [color_stamps[int(i)] for i in idx]
 
 
-def pair_bag(path: str | Path, thermal_topic: str, rgb_topic: str, slop: float = 0.02,
-             queue_size: int = 10, max_delay: float = 0.5) -> tuple[list[Pair], dict, list[str]]:
+def pair_bag(path: str | Path, thermal_topic: str, rgb_topic: str,
+             slop: float = FusionSettings.slop, queue_size: int = FusionSettings.queue_size,
+             max_delay: float = FusionSettings.max_delay
+             ) -> tuple[list[Pair], dict, list[str]]:
     """Pair a bag's frames without decoding pixels (payload: the colour/thermal stamps).
 
     Returns the pairs, the pairing statistics and warnings (a truncated bag is read up to
@@ -409,7 +412,7 @@ def evaluate_bag(
         "warnings": warnings,
         "per_pair": records,
     }
-    if out_bag is not None:
+    if out_bag is not None and writer is not None:
         report["output_bag"] = {"path": str(out_bag), "topics": dict(writer.counts)}
     if out_dir is not None:
         write_report(out_dir, report, builder.samples, settings.tasks)

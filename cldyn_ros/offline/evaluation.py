@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
 from ..imaging.io import ImageReadError, PairListing, read_color, read_thermal
+from ..imaging.registration import Registration
 from ..imaging.thermal import ThermalNormalizer, thermal_to_unit
 from ..inference.engine import FusionEngine, TaskRequest
 from ..metrics import METRIC_NAMES, fusion_metrics
@@ -100,13 +100,14 @@ class MetricTable:
 
 
 def load_pair(ir_file: Path, vi_file: Path) -> tuple[Tensor, Tensor]:
-    """Infrared ``(1, 1, H, W)`` (engine preprocessing, resized to the visible size) and
-    visible YCbCr ``(1, 3, H, W)``, float32 in ``[0, 1]``."""
+    """Infrared ``(1, 1, H, W)`` (engine preprocessing, resized to the visible size as the
+    engine resizes: :class:`~cldyn_ros.imaging.registration.Registration`) and visible YCbCr
+    ``(1, 3, H, W)``, float32 in ``[0, 1]``."""
     vis = read_color(vi_file)
     ir = thermal_to_unit(read_thermal(ir_file), ThermalNormalizer())
+    if ir.shape != vis.shape[:2]:
+        ir = Registration()(ir, vis.shape[:2])
     ir_t = torch.from_numpy(np.ascontiguousarray(ir, dtype=np.float32))[None, None]
-    if ir_t.shape[-2:] != vis.shape[:2]:
-        ir_t = F.interpolate(ir_t, size=vis.shape[:2], mode="bilinear", align_corners=False)
     rgb = torch.from_numpy(vis).permute(2, 0, 1)[None].float() / 255.0
     return ir_t.clamp(0, 1), rgb_to_ycbcr(rgb)
 
@@ -161,7 +162,7 @@ class ScoreCache:
         here = Path(__file__).resolve().parent
         digest = hashlib.sha256()
         for source in ("metrics.py", "evaluation.py", "baselines.py", "imaging/io.py",
-                       "imaging/thermal.py", "model/color.py"):
+                       "imaging/thermal.py", "imaging/registration.py", "model/color.py"):
             file = here / source
             digest.update(file.read_bytes() if file.exists() else b"")
         # Of the engine only the thermal preparation matters (it changes for speed work).

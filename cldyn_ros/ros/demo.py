@@ -143,12 +143,14 @@ def ros_environment() -> dict[str, str]:
 
 
 class NodeProcess:
-    """``python -m cldyn_ros.ros.node`` with its log in a file; ready when it logs 'ready:'."""
+    """``python -m cldyn_ros.ros.node`` with its log in a file; ready when its ready service
+    (:func:`~cldyn_ros.ros.node.ready_service` in ``namespace``) is in the ROS graph."""
 
-    def __init__(self, args: Sequence[str], log: Path, env: Mapping[str, str]) -> None:
+    def __init__(self, args: Sequence[str], log: Path, env: Mapping[str, str],
+                 namespace: str = "") -> None:
         self.log_path = log
         self.lines: list[str] = []
-        self.ready = threading.Event()
+        self.namespace = namespace
         self.process = subprocess.Popen(
             [sys.executable, "-m", "cldyn_ros.ros.node", "--ros-args", *args],
             env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -159,23 +161,24 @@ class NodeProcess:
         self._reader.start()
 
     def _read(self) -> None:
+        assert self.process.stdout is not None  # stdout=PIPE
         with open(self.log_path, "w") as log:
             for line in self.process.stdout:
                 self.lines.append(line)
                 log.write(line)
                 log.flush()
-                if "ready: model" in line:
-                    self.ready.set()
 
     def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.ready.wait(0.1):
-            if self.process.poll() is not None:
-                self._reader.join(2)
-                raise DemoError(f"fusion_node exited with code {self.process.returncode} "
-                                f"before it was ready:\n{self.tail()}")
-            if time.monotonic() > deadline:
-                raise DemoError(f"fusion_node was not ready within {timeout:g} s:\n{self.tail()}")
+        from .node import ready_service, wait_for_service
+
+        if wait_for_service(ready_service(self.namespace), timeout,
+                            alive=lambda: self.process.poll() is None):
+            return
+        if self.process.poll() is not None:
+            self._reader.join(2)
+            raise DemoError(f"fusion_node exited with code {self.process.returncode} "
+                            f"before it was ready:\n{self.tail()}")
+        raise DemoError(f"fusion_node was not ready within {timeout:g} s:\n{self.tail()}")
 
     def tail(self, n: int = 15) -> str:
         return "".join(self.lines[-n:]).rstrip()
@@ -224,7 +227,7 @@ class _Director:
         if switch.kind == "task":
             from std_srvs.srv import Trigger
 
-            self._client = self.node.create_client(Trigger, switch.service)
+            self._client: Any = self.node.create_client(Trigger, switch.service)
             self._request = Trigger.Request()
         else:
             from rcl_interfaces.srv import SetParameters
@@ -497,7 +500,7 @@ def run_live_demo(settings: LiveDemoSettings) -> dict[str, Any]:
     node_args = ["-r", f"__ns:={NAMESPACE}", "-p", f"model_path:={model_path}",
                  "-p", f"threads:={settings.threads}", "-p", f"device:={settings.device}",
                  "-p", f"warmup_width:={settings.width}", "-p", f"warmup_height:={settings.height}"]
-    node = NodeProcess(node_args, out / "node.log", env)
+    node = NodeProcess(node_args, out / "node.log", env, NAMESPACE)
     director = None
     try:
         # 2. The scene, as two cameras would record it.

@@ -75,6 +75,7 @@ except ImportError:  # pragma: no cover - depends on the installation
 
 __all__ = [
     "BUILTIN_PARAMETERS", "FUSED_TOPIC", "NODE_NAME", "OUTPUT_ENCODINGS", "PARAMETERS",
+    "READY_SERVICE", "ready_service", "wait_for_service",
     "PARAMETER_SPECS", "RELIABILITIES", "TOPICS", "FusionNode", "FusionSettings", "ParamSpec",
     "StartupError", "check_value", "main", "parse_task_weights", "settings_from_values",
 ]
@@ -90,11 +91,36 @@ METRICS_TOPIC = "~/metrics"
 FEEDBACK_TOPIC = "~/task_feedback"
 DIAGNOSTICS_TOPIC = "/diagnostics"
 SELECT_TASK_SERVICE = "~/select_task/{task}"
+#: Created last at start (every model has the task ``none``): once it is in the ROS graph,
+#: the node is ready. :func:`ready_service` gives its full name.
+READY_SERVICE = SELECT_TASK_SERVICE.format(task="none")
 #: Every topic name a launch file may remap.
 TOPICS = (THERMAL_TOPIC, RGB_TOPIC, FUSED_TOPIC, METRICS_TOPIC, FEEDBACK_TOPIC, DIAGNOSTICS_TOPIC)
 LEVELS = {"OK": DiagnosticStatus.OK, "WARN": DiagnosticStatus.WARN,
           "ERROR": DiagnosticStatus.ERROR}
 _OUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def ready_service(namespace: str = "", node_name: str = NODE_NAME) -> str:
+    """Full name of :data:`READY_SERVICE` for a node named ``node_name`` in ``namespace``."""
+    return f"{namespace.rstrip('/')}/{node_name}/{READY_SERVICE[2:]}"
+
+
+def wait_for_service(name: str, timeout: float, alive: Any = None) -> bool:
+    """Wait in a context of its own until the service ``name`` is in the ROS graph; False
+    on timeout or as soon as ``alive()`` (e.g. the node's process is running) is false."""
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        probe = rclpy.create_node("cldyn_ready_probe", context=context)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and (alive is None or alive()):
+            if any(n == name for n, _ in probe.get_service_names_and_types()):
+                return True
+            time.sleep(0.1)
+        return False
+    finally:
+        rclpy.try_shutdown(context=context)
 
 
 class StartupError(RuntimeError):
@@ -170,7 +196,6 @@ class FusionNode(Node):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
         self._closed = False
-        self.worker: LatestPairWorker | None = None
         try:
             self._setup()
         except BaseException:
@@ -205,12 +230,18 @@ class FusionNode(Node):
             self._task_publisher(task)
         self._metrics_pub = self.create_publisher(DiagnosticArray, METRICS_TOPIC, 10)
         self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
-        self.worker = LatestPairWorker(
+        self.worker: LatestPairWorker[tuple[Pair, int]] = LatestPairWorker(
             self._process, name="cldyn-fusion-worker", on_error=self._on_worker_error
         )
         self._make_inputs(s, groups)
         self.create_subscription(DiagnosticArray, FEEDBACK_TOPIC, self._on_feedback, 10,
                                  callback_group=groups["feedback"])
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._timer = self.create_timer(s.diagnostics_period, self._on_timer,
+                                        callback_group=groups["timer"])
+        self._warm_up(s)
+        self.worker.start()
+        # Last: the services' appearance in the ROS graph tells tools the node is ready.
         self._select_services = []
         for task in self.engine.task_names:
             if not TASK_TOKEN.fullmatch(task):
@@ -219,11 +250,6 @@ class FusionNode(Node):
             self._select_services.append(self.create_service(
                 Trigger, SELECT_TASK_SERVICE.format(task=task), partial(self._on_select_task, task)
             ))
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-        self._timer = self.create_timer(s.diagnostics_period, self._on_timer,
-                                        callback_group=groups["timer"])
-        self._warm_up(s)
-        self.worker.start()
         self.get_logger().info(
             f"ready: model {self.engine.loaded.path} on {self.engine.device} "
             f"({self.engine.precision}); tasks {self.engine.task_names}; "
@@ -437,7 +463,7 @@ class FusionNode(Node):
         if self._closed:
             return
         self._closed = True
-        if self.worker is not None:
+        if hasattr(self, "worker"):  # None before the set-up made it
             self.worker.stop(timeout)
         with contextlib.suppress(Exception):
             self._timer.cancel()
@@ -457,7 +483,7 @@ def main(args: Sequence[str] | None = None) -> int:
     # leaving half-built objects that fail in __del__), so a no-op takes its place.
     signal.signal(signal.SIGINT, lambda signum, frame: None)
     try:
-        rclpy.init(args=args)
+        rclpy.init(args=None if args is None else list(args))
         try:
             node = FusionNode()
         except StartupError as e:

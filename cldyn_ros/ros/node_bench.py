@@ -289,7 +289,7 @@ def run_node_bench(settings: NodeBenchSettings, log=None) -> dict[str, Any]:
         args += ["-p", f"task:={settings.task}"]
     t0 = time.monotonic()
     say(f"starting the node ({settings.model}, {settings.device}, {settings.precision})")
-    node = NodeProcess(args, out / "node.log", env)  # before any rclpy.init here: no fork
+    node = NodeProcess(args, out / "node.log", env, NAMESPACE)  # before any rclpy.init: no fork
     client = None
     readings: dict[str, dict[str, Any]] = {}
     warm_stamps: list[int] = []
@@ -343,7 +343,7 @@ def run_node_bench(settings: NodeBenchSettings, log=None) -> dict[str, Any]:
     cpu0 = readings["start"]["cpu_s"]
     # fused frames per second over the stream: first colour stamp to last fused frame
     active_s = (max(received.values()) - stamps[0]) / 1e9 if received else 0.0
-    report = {
+    report: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
         "kind": "node",
         "machine": machine_info(),

@@ -49,7 +49,7 @@ def declare_parameters(node: Node) -> dict[str, Any]:
             if ptype is not None:
                 # rclpy cannot infer the type of an empty default: declare typed, then give
                 # the empty default unless an override set a value.
-                p = node.declare_parameter(spec.name, ptype, descriptor(spec))
+                p: Parameter = node.declare_parameter(spec.name, ptype, descriptor(spec))
                 if p.value is None:
                     node.set_parameters([Parameter(spec.name, ptype, spec.default_value)])
             else:

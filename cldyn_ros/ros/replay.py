@@ -46,6 +46,7 @@ from ..offline.bags import (
     iter_messages,
     typestore_for,
 )
+from ..streams.settings import FusionSettings
 
 __all__ = ["ReplayError", "ReplaySettings", "replay_bag"]
 
@@ -78,10 +79,10 @@ class ReplaySettings:
     record: bool = True
     storage: str = "mcap"
     progress: bool = True
-    # Used when the node's parameters cannot be read.
-    slop: float = 0.02
-    queue_size: int = 10
-    max_delay: float = 0.5
+    # Used when the node's parameters cannot be read: the node's defaults.
+    slop: float = FusionSettings.slop
+    queue_size: int = FusionSettings.queue_size
+    max_delay: float = FusionSettings.max_delay
 
 
 @dataclass
@@ -368,10 +369,12 @@ def _build_report(bag: Path, info: Any, settings: ReplaySettings, params: Mappin
     for k in [k for k in thermals if k not in used]:
         del thermals[k]
 
-    mode = str(params.get("thermal_mode", "auto"))
-    normalizer = ThermalNormalizer(float(params.get("thermal_low_percentile", 1.0)),
-                                   float(params.get("thermal_high_percentile", 99.0)),
-                                   float(params.get("thermal_smoothing", 0.9)))
+    defaults = FusionSettings()
+    mode = str(params.get("thermal_mode", defaults.thermal_mode))
+    normalizer = ThermalNormalizer(
+        float(params.get("thermal_low_percentile", defaults.thermal_low_percentile)),
+        float(params.get("thermal_high_percentile", defaults.thermal_high_percentile)),
+        float(params.get("thermal_smoothing", defaults.thermal_smoothing)))
     builder = ReportBuilder(labels, settings.metrics, settings.batch_size,
                             sample_stamps(received_stamps))
     start_ns = min(by_stamp) if by_stamp else (received_stamps[0] if received_stamps else 0)

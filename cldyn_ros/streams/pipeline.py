@@ -147,7 +147,7 @@ class FramePipeline:
 
     def __init__(self, engine: FusionEngine, settings: FusionSettings, name: str = "",
                  on_error: Callable[[str, bool], None] | None = None,
-                 on_info: Callable[[str], None] | None = None,
+                 on_info: Callable[[str], object] | None = None,
                  configure_engine: bool = True) -> None:
         self.engine = engine
         self.name = name
@@ -403,7 +403,8 @@ class FramePipeline:
             ("metrics_computed", metrics is not None),
         ]
         statuses = [Status("OK", f"{self.name}: frame", f"fused {s.active_label}", values)]
-        if s.tasks:  # (output label, task, topic)
+        outputs: list[tuple[str, str | None, str]]  # (output label, task, topic)
+        if s.tasks:
             outputs = [(t, t, f"fused/{t}/image") for t in s.tasks]
         else:
             outputs = [("fused", None if s.task_weights else s.task, "fused/image")]

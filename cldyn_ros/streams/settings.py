@@ -286,7 +286,7 @@ class FusionSettings:
                 "warmup_width and warmup_height must both be 0 (no warm-up) or both > 0, got "
                 f"{values['warmup_width']} x {values['warmup_height']}"
             )
-        kwargs = {p.name: (tuple(values[p.name]) if p.kind.endswith("_array")
+        kwargs: dict[str, Any] = {p.name: (tuple(values[p.name]) if p.kind.endswith("_array")
                            else values[p.name]) for p in PARAMETERS}
         kwargs["homography"] = homography
         return cls(**kwargs)
@@ -372,10 +372,11 @@ def settings_from_values(values: Mapping[str, Any],
 
 # -------------------------------------------------------------- command-line options
 def add_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: str,
-               flag: str | None = None, default: Any = None, help_note: str = "") -> None:
+               flag: str | None = None, default: Any = None, help_note: str = "",
+               **argparse_kwargs: Any) -> None:
     """Add the option ``--<name with dashes>`` (or ``flag``) for the setting ``name``:
     its type, choices, default (the schema's unless ``default`` overrides it) and help,
-    all from the schema."""
+    all from the schema; ``argparse_kwargs`` (``nargs``, ``metavar``) go to argparse."""
     spec = PARAMETER_SPECS[name]
     value = spec.default if default is None else default
     kwargs: dict[str, Any] = {"default": value, "dest": name}
@@ -396,6 +397,7 @@ def add_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: 
         text += f"; [{spec.low:g}, {spec.high:g}]"
     text += f" (default {value!r}{'; ' + help_note if help_note else ''})"
     kwargs["help"] = text.replace("%", "%%")
+    kwargs.update(argparse_kwargs)
     parser.add_argument(flag or "--" + name.replace("_", "-"), **kwargs)
 
 

@@ -45,10 +45,13 @@ def bench_model(seed: int = 0, tasks: int = 3, active: bool = True) -> LoadedMod
     model = CLDyN(CLDyNConfig())
     if active:
         gen = torch.Generator().manual_seed(seed + 1)
+        assert model.rsc is not None
         with torch.no_grad():
             for _, _, block in model.rsc.a2si_blocks():
+                bias = block.out.bias
+                assert bias is not None
                 block.out.weight.copy_(torch.randn(block.out.weight.shape, generator=gen))
-                block.out.bias.copy_(torch.randn(block.out.bias.shape, generator=gen) * 0.1)
+                bias.copy_(torch.randn(bias.shape, generator=gen) * 0.1)
     gen = torch.Generator().manual_seed(seed + 100)
     vectors = {f"task{i}": torch.randn(model.config.task_dim, generator=gen)
                for i in range(tasks)}
@@ -257,11 +260,11 @@ def _measure_interleaved(cases, loaded, iterations, warmup, threads, with_metric
     for i in range(iterations):
         if log:
             log(f"  round {i + 1}/{iterations}")
-        for k, r in enumerate(runners):
-            if isinstance(r, Exception):
+        for k, runner in enumerate(runners):
+            if isinstance(runner, Exception):
                 continue
             try:
-                r.frame()
+                runner.frame()
             except Exception as e:
                 runners[k] = e
     return [r if isinstance(r, Exception) else r.result() for r in runners]
