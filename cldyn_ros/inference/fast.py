@@ -15,7 +15,7 @@ import torch.nn.functional as F  # noqa: N812  (torch convention)
 from torch import Tensor, nn
 
 from ..model import CLDyN
-from ..model.layers import ConvBNAct
+from ..model.layers import ConvBNAct, sobel_xy
 from ..model.vfn import AttentionFusion
 
 __all__ = ["FastAttentionFusion", "ReflectConv2d", "fold_batch_norm", "inference_copy"]
@@ -74,11 +74,7 @@ def _sobel_l1(x: Tensor) -> Tensor:
     channels-first copy of channels-last features: shifted views along W are slow there)."""
     if _channels_last(x):
         return _sobel_l1(x.contiguous()).contiguous(memory_format=torch.channels_last)
-    p = F.pad(x, (1, 1, 1, 1), mode="replicate")
-    dx = p[..., 2:] - p[..., :-2]  # (H+2, W)
-    sx = p[..., :-2] + 2.0 * p[..., 1:-1] + p[..., 2:]
-    gx = dx[..., :-2, :] + 2.0 * dx[..., 1:-1, :] + dx[..., 2:, :]
-    gy = sx[..., 2:, :] - sx[..., :-2, :]
+    gx, gy = sobel_xy(x, "replicate")
     return gx.abs_().add_(gy.abs_())
 
 
