@@ -2,10 +2,10 @@
 #
 #   make venv    create .venv (if missing) and install everything; re-running is fast
 #   make demo    run the fusion demo (writes demo_output/)
-#   make test    ruff, then pytest
+#   make test    ruff, mypy, then pytest
 #   make colcon  colcon build + colcon test (run by make test)
 #   make benchmarks  regenerate the quality tables of docs/benchmarks.md (needs ../shared/data)
-#   make lint    ruff only
+#   make lint    ruff and mypy
 #   make lock    rewrite requirements/constraints.txt from .venv
 #   make clean   remove build products and caches (make distclean also removes .venv)
 #
@@ -84,6 +84,7 @@ demo: venv
 
 test: venv
 	$(VENV)/bin/ruff check .
+	$(VPY) -m mypy --config-file mypy.ini
 	$(VPY) -m pytest $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory colcon
 
@@ -108,6 +109,7 @@ benchmarks: venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VPY) -m mypy --config-file mypy.ini
 
 lock: venv
 	$(VPY) $(REQ)/make_lock.py

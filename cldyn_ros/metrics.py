@@ -28,12 +28,13 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F  # noqa: N812  (torch convention)
 from torch import Tensor
 from torchmetrics.functional.image import (
     structural_similarity_index_measure,
     visual_information_fidelity,
 )
+
+from .model.layers import sobel_xy
 
 __all__ = [
     "FAST_METRICS",
@@ -274,25 +275,6 @@ def mutual_information(fused: Tensor, ir: Tensor, vis: Tensor) -> Tensor:
     return mutual_information_pair(fused, ir) + mutual_information_pair(fused, vis)
 
 
-def sobel_xy(grey: Tensor, border: str = "zeros") -> tuple[Tensor, Tensor]:
-    """3x3 Sobel derivatives ``(gx, gy)`` of ``(N, 1, H, W)`` images.
-
-    ``border``: ``"zeros"``, ``"reflect"`` or ``"replicate"`` padding (same size out), or
-    ``"valid"`` (no padding: ``H - 2`` x ``W - 2`` out).
-    """
-    padded = grey if border == "valid" else F.pad(
-        grey, (1, 1, 1, 1), mode="constant" if border == "zeros" else border
-    )
-    # Separable Sobel ([1, 2, 1] smoothing x [-1, 0, 1] difference) with shifted slices: the
-    # same numbers as conv2d with the 3x3 kernels, several times faster than a one-channel
-    # conv2d on CPU.
-    diff_x = padded[..., :, 2:] - padded[..., :, :-2]
-    gx = diff_x[..., :-2, :] + 2 * diff_x[..., 1:-1, :] + diff_x[..., 2:, :]
-    smooth_x = padded[..., :, :-2] + 2 * padded[..., :, 1:-1] + padded[..., :, 2:]
-    gy = smooth_x[..., 2:, :] - smooth_x[..., :-2, :]
-    return gx, gy
-
-
 def _sobel(grey: Tensor, border: str) -> tuple[Tensor, Tensor]:
     """Return edge strength ``g`` and orientation ``alpha`` ``(N, 1, H, W)`` from 3x3 Sobel.
 
@@ -428,6 +410,7 @@ def ssim(fused: Tensor, ir: Tensor, vis: Tensor) -> Tensor:
         k2=0.03,
         reduction="none",
     )
+    assert isinstance(scores, Tensor)  # reduction="none": one score per image
     return scores.view(2, batch).mean(dim=0)
 
 

@@ -98,8 +98,8 @@ def find_share_file(relative: str | Path) -> Path:
         if (directory / relative).exists():
             return directory / relative
     searched = []
-    for where, directory in _candidates():
-        if directory is None:
+    for where, candidate in _candidates():
+        if candidate is None:
             reason = {
                 "ament index": f"{PACKAGE_NAME} not registered (ament_index_python missing, "
                 "AMENT_PREFIX_PATH unset, or package not in it)",
@@ -107,7 +107,7 @@ def find_share_file(relative: str | Path) -> Path:
             }[where]
             searched.append(f"{where}: {reason}")
         else:
-            searched.append(f"{where}: {directory / relative}")
+            searched.append(f"{where}: {candidate / relative}")
     places = "\n  ".join(searched)
     raise FileNotFoundError(
         f"{relative} not found for package {PACKAGE_NAME}; searched:\n  {places}\n"

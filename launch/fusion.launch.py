@@ -8,9 +8,11 @@ launch argument left empty keeps the file's value, a non-empty one overrides it.
 is comma-separated (``tasks:=detection,segmentation``). Topic arguments remap the node's
 inputs and its single output; per-task outputs ``fused/<task>/image`` follow ``namespace``.
 
-The tables below are read by test/test_node_launch_config.py (with ``ast``, because
-launch_ros is not installable everywhere): every launch argument must map to a parameter the
-node declares, to a remapped topic, or be one of OTHER_ARGUMENTS.
+Each parameter argument's type and description come from the node's settings schema
+(``cldyn_ros.streams.settings``). The tables below are read by
+test/ros/test_node_launch_config.py (with ``ast``, because launch_ros is not installable
+everywhere): every launch argument must name a setting or ``use_sim_time``, remap a topic,
+or be one of OTHER_ARGUMENTS.
 """
 
 from launch import LaunchDescription
@@ -22,21 +24,11 @@ PACKAGE = "cldyn_ros"
 EXECUTABLE = "fusion_node"
 NODE_NAME = "cldyn_fusion"
 
-# launch argument -> (node parameter, how the text converts, description). Empty = no override.
-PARAMETER_ARGUMENTS = {
-    "task": ("task", "str", "task served on fused/image (a task of the model, or none)"),
-    "tasks": ("tasks", "str_list",
-              "comma-separated tasks; each is published on fused/<task>/image"),
-    "compensation_strength": ("compensation_strength", "float",
-                              "task compensation strength in [0, 1]"),
-    "adaptive_strength": ("adaptive_strength", "bool",
-                          "adapt the strength from scores on ~/task_feedback (true/false)"),
-    "output_encoding": ("output_encoding", "str", "rgb8 or bgr8"),
-    "device": ("device", "str", "auto, cpu, cuda or cuda:N"),
-    "precision": ("precision", "str", "fp32, fp16 or bf16"),
-    "model_path": ("model_path", "str", "model checkpoint; empty: the shipped default"),
-    "use_sim_time": ("use_sim_time", "bool", "use /clock for time stamps and latency"),
-}
+# Node parameters offered as launch arguments (same names). Empty = no override.
+PARAMETER_ARGUMENTS = (
+    "task", "tasks", "compensation_strength", "adaptive_strength", "output_encoding", "device",
+    "precision", "model_path", "use_sim_time",
+)
 # launch argument -> the node's topic it remaps (default: unchanged).
 REMAP_ARGUMENTS = {
     "thermal_topic": "thermal/image",
@@ -60,10 +52,20 @@ def _default_params_file() -> str:
         return ""
 
 
+def _kind_and_description(parameter: str) -> tuple[str, str]:
+    """The parameter's kind and description from the settings schema."""
+    if parameter == "use_sim_time":  # rclpy's own
+        return "bool", "use /clock for time stamps and latency"
+    from cldyn_ros.streams.settings import PARAMETER_SPECS
+
+    spec = PARAMETER_SPECS[parameter]
+    return spec.kind, spec.description
+
+
 def _convert(argument: str, text: str, kind: str):
-    if kind == "str":
+    if kind == "string":
         return text
-    if kind == "float":
+    if kind == "double":
         try:
             return float(text)
         except ValueError:
@@ -73,7 +75,7 @@ def _convert(argument: str, text: str, kind: str):
         if lowered not in ("true", "false", "1", "0", "yes", "no"):
             raise ValueError(f"launch argument {argument}:={text} is not true or false")
         return lowered in ("true", "1", "yes")
-    if kind == "str_list":
+    if kind == "string_array":
         return [item.strip() for item in text.split(",") if item.strip()]
     raise ValueError(f"unknown conversion {kind!r}")
 
@@ -83,10 +85,10 @@ def launch_setup(context, *args, **kwargs):
         return LaunchConfiguration(name).perform(context).strip()
 
     overrides = {}
-    for argument, (parameter, kind, _) in PARAMETER_ARGUMENTS.items():
-        text = value(argument)
+    for parameter in PARAMETER_ARGUMENTS:
+        text = value(parameter)
         if text:
-            converted = _convert(argument, text, kind)
+            converted = _convert(parameter, text, _kind_and_description(parameter)[0])
             if converted != []:  # an empty list cannot be typed: keep the file's value
                 overrides[parameter] = converted
     remappings = [(topic, value(argument)) for argument, topic in REMAP_ARGUMENTS.items()
@@ -110,9 +112,10 @@ def launch_setup(context, *args, **kwargs):
 
 def generate_launch_description() -> LaunchDescription:
     arguments = []
-    for name, (_, _, description) in PARAMETER_ARGUMENTS.items():
+    for name in PARAMETER_ARGUMENTS:
         arguments.append(DeclareLaunchArgument(
-            name, default_value=ARGUMENT_DEFAULTS.get(name, ""), description=description))
+            name, default_value=ARGUMENT_DEFAULTS.get(name, ""),
+            description=_kind_and_description(name)[1]))
     for name, topic in REMAP_ARGUMENTS.items():
         arguments.append(DeclareLaunchArgument(
             name, default_value=topic, description=f"topic remapped to the node's {topic}"))

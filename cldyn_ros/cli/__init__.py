@@ -13,16 +13,11 @@ from collections.abc import Sequence
 
 from .. import __version__
 from . import bag, bench, demo, evaluate, export, fuse, info, replay, train
+from .common import CLIError
+
+__all__ = ["CLIError", "build_parser", "main"]
 
 SUBCOMMANDS = (fuse, info, train, evaluate, bag, replay, bench, export, demo)
-
-
-class CLIError(Exception):
-    """A user-facing error; ``main`` prints it and exits with ``code``."""
-
-    def __init__(self, message: str, code: int = 2) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def build_parser() -> argparse.ArgumentParser:

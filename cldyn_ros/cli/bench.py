@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..streams.settings import add_option
 from ..tools.bench import PATHS
 
 
@@ -89,12 +90,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     node.add_argument("--rgb-rate", type=float, default=30.0, help="colour rate, Hz")
     node.add_argument("--thermal-rate", type=float, default=60.0, help="thermal rate, Hz")
     node.add_argument("--model", help="checkpoint (default: the bundled default model)")
-    node.add_argument("--device", default="auto", help="node device: auto, cpu, cuda")
-    node.add_argument("--precision", default="fp32", help="node precision: fp32, fp16, bf16")
+    add_option(node, "device")
+    add_option(node, "precision")
     node.add_argument("--task", default="", help="node task (default: the node's)")
-    node.add_argument("--qos", choices=("best_effort", "reliable"), default="best_effort",
-                      help="input reliability of the node and of the publishers (default "
-                      "best_effort, the node's sensor-data default)")
+    add_option(node, "qos_reliability", "--qos",
+               help_note="also the reliability of the benchmark's publishers")
     node.add_argument("--out", type=Path, default=Path("bench_node"),
                       help="folder for bench_node.json, bench_node.md and node.log")
     p.set_defaults(func=run)
@@ -150,7 +150,8 @@ def run_node(args: argparse.Namespace) -> int:
         model=str(args.model or default_model_path()), frames=args.frames, height=h, width=w,
         rgb_rate=args.rgb_rate, thermal_rate=args.thermal_rate,
         warmup=5 if args.warmup is None else args.warmup, device=args.device,
-        precision=args.precision, task=args.task, threads=args.threads or 0, qos=args.qos,
+        precision=args.precision, task=args.task, threads=args.threads or 0,
+        qos=args.qos_reliability,
         out=str(args.out))
     report = run_node_bench(settings, log=log)
     report["command"] = "cldyn bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else ""

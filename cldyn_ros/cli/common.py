@@ -6,23 +6,38 @@ import argparse
 
 from ..imaging.registration import Registration
 from ..imaging.thermal import ThermalNormalizer
-from ..inference.engine import PRECISIONS, THERMAL_MODES, FusionEngine, TaskRequest
+from ..inference.engine import FusionEngine, TaskRequest
+from ..streams.settings import PER_IMAGE, add_option
 
 
-def add_engine_args(parser: argparse.ArgumentParser) -> None:
-    """Model, device, precision and thermal-handling options."""
+class CLIError(Exception):
+    """A user-facing error; ``main`` prints it and exits with ``code``."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def add_engine_args(parser: argparse.ArgumentParser, per_image: bool = True) -> None:
+    """Model, device, precision and thermal-handling options, from the settings schema.
+
+    ``per_image``: the inputs are independent images, so the thermal stretch is not smoothed
+    across them (:data:`~cldyn_ros.streams.settings.PER_IMAGE`); otherwise (a recorded
+    stream) the node's default smoothing applies.
+    """
+    overrides = PER_IMAGE if per_image else {}
     g = parser.add_argument_group("model and device")
     g.add_argument("--model", help="checkpoint file (default: the model shipped in models/)")
-    g.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
-    g.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
-    g.add_argument("--threads", type=int, help="CPU threads for torch")
+    add_option(g, "device")
+    add_option(g, "precision")
+    add_option(g, "threads")
     t = parser.add_argument_group("thermal input")
-    t.add_argument("--thermal-mode", default="auto", choices=THERMAL_MODES,
-                   help="auto: 8-bit scaled by 1/255, 16-bit stretched between percentiles")
-    t.add_argument("--thermal-low", type=float, default=1.0, help="low percentile (0-100)")
-    t.add_argument("--thermal-high", type=float, default=99.0, help="high percentile (0-100)")
-    t.add_argument("--homography", type=float, nargs=9, metavar="H",
-                   help="3x3 thermal-to-colour homography, row-major")
+    add_option(t, "thermal_mode")
+    add_option(t, "thermal_low_percentile", "--thermal-low")
+    add_option(t, "thermal_high_percentile", "--thermal-high")
+    add_option(t, "thermal_smoothing", default=overrides.get("thermal_smoothing"),
+               help_note="independent images: none" if per_image else "")
+    add_option(t, "homography", nargs=9, metavar="H")
 
 
 def add_task_args(parser: argparse.ArgumentParser) -> None:
@@ -37,10 +52,11 @@ def engine_from_args(args: argparse.Namespace) -> FusionEngine:
         model=args.model,
         device=args.device,
         precision=args.precision,
-        normalizer=ThermalNormalizer(args.thermal_low, args.thermal_high),
+        normalizer=ThermalNormalizer(args.thermal_low_percentile, args.thermal_high_percentile,
+                                     args.thermal_smoothing),
         thermal_mode=args.thermal_mode,
-        registration=Registration(args.homography),
-        threads=args.threads,
+        registration=Registration(args.homography or None),
+        threads=args.threads or None,
     )
 
 

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_live(args: argparse.Namespace) -> int:
     from ..ros.demo import DemoError, LiveDemoSettings, run_live_demo
-    from . import CLIError
+    from .common import CLIError
 
     settings = LiveDemoSettings(
         out=args.out, model=args.model, seconds=args.seconds, height=args.height,

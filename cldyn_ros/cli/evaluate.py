@@ -17,6 +17,7 @@ from ..offline.evaluation import (
     evaluate,
     folder_method,
 )
+from ..streams.settings import add_option
 from .common import add_engine_args, engine_from_args, parse_task
 
 
@@ -89,17 +90,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also write <out>/fused_bag: the input bag plus /fused/<task>/image")
     b.add_argument("--storage", choices=("mcap", "sqlite3"),
                    help="storage of the output bag (default: as the input)")
-    b.add_argument("--slop", type=float, default=0.02, help="pairing slop, seconds")
-    b.add_argument("--queue-size", type=int, default=10, help="pairing queue per stream")
-    b.add_argument("--max-delay", type=float, default=0.5, help="pairing staleness, seconds")
+    for name in ("slop", "queue_size", "max_delay"):
+        add_option(b, name)
     b.add_argument("--metrics", default=",".join(METRIC_NAMES),
                    help="comma-separated subset of metrics ('' for none)")
     b.add_argument("--batch-size", type=int, default=16, help="pairs scored per metric batch")
-    b.add_argument("--thermal-smoothing", type=float, default=0.9,
-                   help="moving-average weight of the percentile limits across frames, as "
-                   "the node's thermal_smoothing (default 0.9, the node's default)")
     b.add_argument("--no-progress", action="store_true")
-    add_engine_args(b)
+    add_engine_args(b, per_image=False)  # a stream: smoothed like the node
     b.set_defaults(func=run_bag)
 
     q = kinds.add_parser(
@@ -173,7 +170,7 @@ def run_images(args: argparse.Namespace) -> int:
 def run_bag(args: argparse.Namespace) -> int:
     from ..offline.bag_eval import BagEvalSettings, evaluate_bag
     from ..offline.bags import bag_info, check_image_topics
-    from . import CLIError
+    from .common import CLIError
 
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     if not tasks or len(set(tasks)) != len(tasks):
@@ -191,11 +188,6 @@ def run_bag(args: argparse.Namespace) -> int:
     # Bag problems first: they are cheaper to find than loading a model.
     check_image_topics(bag_info(args.bag), [args.thermal_topic, args.rgb_topic])
     engine = engine_from_args(args)
-    # Frames of a stream, like the node: percentile limits smoothed over time.
-    from ..imaging.thermal import ThermalNormalizer
-
-    engine.normalizer = ThermalNormalizer(args.thermal_low, args.thermal_high,
-                                          args.thermal_smoothing)
     for task in tasks:
         engine.request(task)
     out = args.out or args.bag.with_name(args.bag.name.rstrip("/") + "_eval")

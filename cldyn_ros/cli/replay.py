@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import CLIError
+    from .common import CLIError
     from .evaluate import parse_metrics
 
     metrics = tuple(parse_metrics(args.metrics))

@@ -115,7 +115,7 @@ def make_contact_sheet(
     tiles = [[None if t is None else _resize_to_height(_to_display(t), tile_height) for t in row]
              for row in rows]
     col_widths = [
-        max((row[c].shape[1] for row in tiles if row[c] is not None), default=tile_height)
+        max((t.shape[1] for row in tiles if (t := row[c]) is not None), default=tile_height)
         for c in range(n_cols)
     ]
 

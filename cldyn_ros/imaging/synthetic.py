@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -73,7 +74,7 @@ class _Actor:
     height: float
     direction: int  # +1 facing right, -1 facing left
     phase: float  # gait phase (people)
-    colors: tuple[tuple[float, float, float], ...]
+    colors: tuple[tuple[float, ...], ...]
     temps: tuple[float, ...]
 
 
@@ -216,14 +217,14 @@ class SceneGenerator:
         lane_y = road_top + 0.45 * (h - road_top)
         dash, gap = max(4, w // 12), max(3, w // 16)
         lane_h = max(1.0, (h - road_top) * 0.025)
-        for x in range(int(rng.integers(0, dash + gap)) - dash - gap, w, dash + gap):
-            cv2.rectangle(refl, _pt(x, lane_y), _pt(x + dash, lane_y + lane_h),
+        for lane_x in range(int(rng.integers(0, dash + gap)) - dash - gap, w, dash + gap):
+            cv2.rectangle(refl, _pt(lane_x, lane_y), _pt(lane_x + dash, lane_y + lane_h),
                           (0.85, 0.85, 0.8), -1, cv2.LINE_8, _SHIFT)
-            cv2.rectangle(temp, _pt(x, lane_y), _pt(x + dash, lane_y + lane_h),
+            cv2.rectangle(temp, _pt(lane_x, lane_y), _pt(lane_x + dash, lane_y + lane_h),
                           amb + self._road_excess - 1.0, -1, cv2.LINE_8, _SHIFT)
 
         # Buildings along the horizon, with a grid of windows, some lit (warm inside).
-        x = float(rng.uniform(-0.1, 0.0) * w)
+        x: float = float(rng.uniform(-0.1, 0.0) * w)
         while x < w:
             bw = float(rng.uniform(0.1, 0.25) * w)
             top = horizon - float(rng.uniform(0.12, 0.32) * h)
@@ -319,9 +320,8 @@ class SceneGenerator:
             bloom += 0.6 * np.outer(_gaussian_1d(h, by, 0.02 * h),
                                     _gaussian_1d(w, bx, 0.6 * w))
             bloom += 0.12
-            self._bloom = (bloom[:, :, None] * np.array([1.0, 0.95, 0.85], np.float32)).astype(
-                np.float32
-            )
+            tinted = bloom[:, :, None] * np.array([1.0, 0.95, 0.85], np.float32)
+            self._bloom: np.ndarray | None = tinted.astype(np.float32)
         else:
             self._bloom = None
 
@@ -434,7 +434,7 @@ class SceneGenerator:
         h, w = self.height, self.width
         # Thermal optics and detectors are soft: blur scales with the image size.
         sigma = 0.6 + min(h, w) / 400.0
-        temp = cv2.GaussianBlur(temp, (0, 0), sigma)
+        temp = np.asarray(cv2.GaussianBlur(temp, (0, 0), sigma))
         if self.condition == "fog":
             # Long-wave infrared sees through fog far better than visible light; a little
             # contrast is still lost.
@@ -451,7 +451,7 @@ class SceneGenerator:
         h, w = self.height, self.width
         if self._bloom is not None:
             vis += self._bloom
-        vis = cv2.GaussianBlur(vis, (0, 0), 0.6)
+        vis = np.asarray(cv2.GaussianBlur(vis, (0, 0), 0.6))
         vis += self._vis_noise * rng.standard_normal((h, w, 3), dtype=np.float32)
         vis *= 255.0
         vis += 0.5
@@ -461,7 +461,7 @@ class SceneGenerator:
     @staticmethod
     def _paint(
         layers: tuple[np.ndarray, np.ndarray, np.ndarray],
-        draw: Callable[[np.ndarray, object], object],
+        draw: Callable[[np.ndarray, Any], object],
         rgb: tuple[float, float, float],
         temperature: float,
         warm: bool = True,

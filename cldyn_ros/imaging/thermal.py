@@ -13,8 +13,16 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
+from torch import Tensor
 
-__all__ = ["ThermalNormalizer"]
+__all__ = [
+    "THERMAL_MODES", "ThermalNormalizer", "thermal_limits_torch", "thermal_to_unit",
+    "thermal_to_unit_torch",
+]
+
+#: How a thermal frame maps to [0, 1] (see :func:`thermal_to_unit`).
+THERMAL_MODES = ("auto", "percentile", "fixed")
 
 # Percentiles are computed on at most about this many pixels. A strided subsample of a
 # 1280x1024 frame gives limits within a count or two of the full-frame percentiles while
@@ -84,7 +92,12 @@ class ThermalNormalizer:
             constant (or has no finite pixel), which :meth:`apply` maps to zeros.
         """
         img = np.asarray(img)
-        lo, hi = self._frame_limits(img)
+        return self.smooth(*self._frame_limits(img))
+
+    def smooth(self, lo: float, hi: float) -> tuple[float, float]:
+        """Advance the temporal smoothing with one frame's raw limits (NaN: no finite
+        pixel); return the limits to use. Both the numpy and the torch path go through
+        here, so a stream keeps one state whichever path fuses a frame."""
         if self._state is not None and self.smoothing > 0.0:
             a = float(self.smoothing)
             if math.isnan(lo):
@@ -161,3 +174,89 @@ class ThermalNormalizer:
             if self.high_percentile == 100.0:
                 hi = full.max()
         return float(lo), float(hi)
+
+
+def thermal_to_unit(
+    thermal: np.ndarray, normalizer: ThermalNormalizer, mode: str = "auto"
+) -> np.ndarray:
+    """Thermal frame -> float32 ``H x W`` in ``[0, 1]``.
+
+    ``fixed`` divides by the full scale of the dtype (8-bit images as the network was
+    trained); ``percentile`` stretches between robust limits (raw radiometric counts use a
+    small part of the 16-bit range); ``auto`` uses ``fixed`` for 8-bit and ``percentile``
+    otherwise.
+    """
+    if mode not in THERMAL_MODES:
+        raise ValueError(f"thermal mode must be one of {THERMAL_MODES}, got '{mode}'")
+    if mode == "fixed" or (mode == "auto" and thermal.dtype == np.uint8):
+        if thermal.dtype == np.uint8:
+            return thermal.astype(np.float32) * (1.0 / 255.0)
+        if thermal.dtype == np.uint16:
+            return thermal.astype(np.float32) * (1.0 / 65535.0)
+        return np.clip(np.nan_to_num(thermal.astype(np.float32)), 0.0, 1.0)
+    return normalizer(thermal)
+
+
+def thermal_limits_torch(
+    x: Tensor, low_percentile: float, high_percentile: float
+) -> tuple[Tensor, Tensor]:
+    """Percentile limits of one thermal frame on its device, as
+    :meth:`ThermalNormalizer.limits` computes them in numpy: the same strided
+    subsample (at most ``2^17`` pixels), linear interpolation, non-finite pixels ignored,
+    exact full-frame min/max for the 0 and 100 percentiles. ``x`` is ``H x W`` (any
+    dtype). Returns two 0-d float64 tensors; NaN when no pixel is finite."""
+    if x.numel() > _MAX_SAMPLES:
+        step = math.ceil(math.sqrt(x.numel() / _MAX_SAMPLES))
+        sample = x[::step, ::step]
+    else:
+        sample = x
+    sample = sample.reshape(-1).double()
+    q = torch.tensor([low_percentile / 100.0, high_percentile / 100.0],
+                     dtype=torch.float64, device=x.device)
+    if x.is_floating_point():
+        sample = torch.where(torch.isfinite(sample), sample, sample.new_tensor(math.nan))
+        lo, hi = torch.nanquantile(sample, q)
+    else:
+        lo, hi = torch.quantile(sample, q)
+    if low_percentile == 0.0 or high_percentile == 100.0:
+        full = x.double()
+        if x.is_floating_point():
+            finite = torch.isfinite(full)
+            if low_percentile == 0.0:
+                lo = torch.where(finite, full, full.new_tensor(math.inf)).amin()
+            if high_percentile == 100.0:
+                hi = torch.where(finite, full, full.new_tensor(-math.inf)).amax()
+        else:
+            lo = full.amin() if low_percentile == 0.0 else lo
+            hi = full.amax() if high_percentile == 100.0 else hi
+    return lo, hi
+
+
+def thermal_to_unit_torch(x: Tensor, dtype: np.dtype, normalizer: ThermalNormalizer,
+                          mode: str = "auto") -> Tensor:
+    """:func:`thermal_to_unit` in torch, on the tensor's device; ``dtype`` is the
+    frame's numpy dtype (``x`` may have been widened for the upload)."""
+    if mode == "fixed" or (mode == "auto" and dtype == np.uint8):
+        if x.dtype == torch.uint8:
+            return x.float().mul_(1.0 / 255.0)
+        if dtype == np.uint16:
+            return x.float().mul_(1.0 / 65535.0)
+        return torch.nan_to_num(x.float(), nan=0.0).clamp_(0.0, 1.0)
+    if x.dtype == torch.uint16:  # few kernels support uint16: widen first
+        try:
+            x = x.to(torch.int32)
+        except (RuntimeError, TypeError):  # no uint16 cast kernel on this device
+            x = x.cpu().to(torch.int32).to(x.device)
+    lo_t, hi_t = thermal_limits_torch(x, normalizer.low_percentile,
+                                      normalizer.high_percentile)
+    lo, hi = (float(v) for v in torch.stack([lo_t, hi_t]).cpu())  # one small sync
+    lo, hi = normalizer.smooth(lo, hi)
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        return torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    # the same float32 arithmetic as ThermalNormalizer.apply
+    # numpy float32 scalars (torch takes them; its stubs do not say so)
+    out = x.float().sub_(np.float32(lo)).mul_(  # type: ignore[arg-type]
+        np.float32(1.0 / (hi - lo))).clamp_(0.0, 1.0)  # type: ignore[arg-type]
+    if x.is_floating_point():
+        out = torch.nan_to_num(out, nan=0.0)
+    return out

@@ -4,7 +4,7 @@ No ROS import. The ROS node, bag replay and the command-line tools all fuse thro
 :meth:`FusionEngine.fuse`, so they share one code path.
 
 Speed (issue 6): the engine runs an inference copy of the model
-(:meth:`CLDyN.fuse_for_inference`: batch norms folded, in-place activations) in
+(:func:`~cldyn_ros.inference.fast.inference_copy`: batch norms folded, in-place activations) in
 ``inference_mode``, optionally channels-last, with the A2SI image embedding at reduced
 resolution (``embed_max_side``) and the task embeddings cached per task vector. The frame
 is uploaded as raw 8/16-bit data (through pinned host buffers on CUDA) and converted on the
@@ -21,21 +21,35 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..imaging.registration import Registration
-from ..imaging.thermal import _MAX_SAMPLES, ThermalNormalizer
+from ..imaging.thermal import (
+    THERMAL_MODES,
+    ThermalNormalizer,
+    thermal_limits_torch,
+    thermal_to_unit,
+    thermal_to_unit_torch,
+)
 from ..model import rgb_to_ycbcr, ycbcr_to_rgb
+from .backend import DeviceError, FusionBackend, InputError, TaskError, TaskRequest
 from .checkpoint import NO_TASK, LoadedModel, load_checkpoint
+from .fast import inference_copy
+
+__all__ = [
+    "BACKENDS", "PRECISIONS", "THERMAL_MODES", "DeviceError", "FusionBackend", "FusionEngine",
+    "FusionResult", "InputError", "TaskError", "TaskRequest", "TorchRunner", "select_device",
+    "thermal_limits_torch", "thermal_to_unit",
+]
 
 log = logging.getLogger(__name__)
 
@@ -44,39 +58,9 @@ PRECISIONS: dict[str, torch.dtype] = {
     "fp16": torch.float16,
     "bf16": torch.bfloat16,
 }
-THERMAL_MODES = ("auto", "percentile", "fixed")
 BACKENDS = ("torch", "onnx")
 #: Task-embedding cache entries kept (blends create new vectors; named tasks reuse theirs).
 _TASK_CACHE_SIZE = 32
-
-
-class DeviceError(RuntimeError):
-    """The device failed to fuse a frame (out of memory, CUDA error). The engine stays
-    usable; ``fallback_device`` fuses such frames elsewhere instead of raising."""
-
-
-class InputError(ValueError):
-    """An input frame cannot be fused; the message says why."""
-
-
-class TaskError(ValueError):
-    """An unknown task name, a bad blend or an out-of-range strength."""
-
-
-@dataclass(frozen=True)
-class TaskRequest:
-    """One output to compute for a frame.
-
-    ``vector`` is ``None`` for plain fusion (the task ``none``); ``label`` names the output.
-    """
-
-    label: str
-    vector: Tensor | None = None
-    strength: float = 1.0
-
-    @property
-    def is_plain(self) -> bool:
-        return self.vector is None or self.strength == 0.0
 
 
 @dataclass
@@ -115,27 +99,6 @@ def select_device(device: str = "auto") -> torch.device:
     return dev
 
 
-def thermal_to_unit(
-    thermal: np.ndarray, normalizer: ThermalNormalizer, mode: str = "auto"
-) -> np.ndarray:
-    """Thermal frame -> float32 ``H x W`` in ``[0, 1]``.
-
-    ``fixed`` divides by the full scale of the dtype (8-bit images as the network was
-    trained); ``percentile`` stretches between robust limits (raw radiometric counts use a
-    small part of the 16-bit range); ``auto`` uses ``fixed`` for 8-bit and ``percentile``
-    otherwise.
-    """
-    if mode not in THERMAL_MODES:
-        raise ValueError(f"thermal mode must be one of {THERMAL_MODES}, got '{mode}'")
-    if mode == "fixed" or (mode == "auto" and thermal.dtype == np.uint8):
-        if thermal.dtype == np.uint8:
-            return thermal.astype(np.float32) * (1.0 / 255.0)
-        if thermal.dtype == np.uint16:
-            return thermal.astype(np.float32) * (1.0 / 65535.0)
-        return np.clip(np.nan_to_num(thermal.astype(np.float32)), 0.0, 1.0)
-    return normalizer(thermal)
-
-
 def validate_pair(thermal: np.ndarray, color: np.ndarray) -> None:
     """Raise :class:`InputError` unless ``thermal`` is ``H x W`` (or ``H x W x 1``) and
     ``color`` is ``H x W x 3`` uint8, both non-empty. Sizes may differ (registration)."""
@@ -157,58 +120,6 @@ def validate_pair(thermal: np.ndarray, color: np.ndarray) -> None:
         raise InputError(f"thermal frame must be uint8, uint16 or float, got {thermal.dtype}")
 
 
-def thermal_limits_torch(
-    x: Tensor, low_percentile: float, high_percentile: float
-) -> tuple[Tensor, Tensor]:
-    """Percentile limits of one thermal frame on its device, as
-    :meth:`ThermalNormalizer._frame_limits` computes them in numpy: the same strided
-    subsample (at most ``2^17`` pixels), linear interpolation, non-finite pixels ignored,
-    exact full-frame min/max for the 0 and 100 percentiles. ``x`` is ``H x W`` (any
-    dtype). Returns two 0-d float64 tensors; NaN when no pixel is finite."""
-    if x.numel() > _MAX_SAMPLES:
-        step = math.ceil(math.sqrt(x.numel() / _MAX_SAMPLES))
-        sample = x[::step, ::step]
-    else:
-        sample = x
-    sample = sample.reshape(-1).double()
-    q = torch.tensor([low_percentile / 100.0, high_percentile / 100.0],
-                     dtype=torch.float64, device=x.device)
-    if x.is_floating_point():
-        sample = torch.where(torch.isfinite(sample), sample, sample.new_tensor(math.nan))
-        lo, hi = torch.nanquantile(sample, q)
-    else:
-        lo, hi = torch.quantile(sample, q)
-    if low_percentile == 0.0 or high_percentile == 100.0:
-        full = x.double()
-        if x.is_floating_point():
-            finite = torch.isfinite(full)
-            if low_percentile == 0.0:
-                lo = torch.where(finite, full, full.new_tensor(math.inf)).amin()
-            if high_percentile == 100.0:
-                hi = torch.where(finite, full, full.new_tensor(-math.inf)).amax()
-        else:
-            lo = full.amin() if low_percentile == 0.0 else lo
-            hi = full.amax() if high_percentile == 100.0 else hi
-    return lo, hi
-
-
-def smooth_limits(normalizer: ThermalNormalizer, lo: float, hi: float) -> tuple[float, float]:
-    """Advance ``normalizer``'s temporal smoothing with one frame's limits, exactly as
-    :meth:`ThermalNormalizer.limits` does after computing them (shared state)."""
-    state = normalizer._state
-    if state is not None and normalizer.smoothing > 0.0:
-        a = float(normalizer.smoothing)
-        if math.isnan(lo):
-            lo, hi = state
-        else:
-            lo = a * state[0] + (1.0 - a) * lo
-            hi = a * state[1] + (1.0 - a) * hi
-    elif math.isnan(lo):
-        lo, hi = state if state is not None else (0.0, 0.0)
-    normalizer._state = (lo, hi)
-    return lo, hi
-
-
 def is_device_failure(error: BaseException) -> bool:
     """Out of memory or a CUDA/driver error (not a bug in the caller's input)."""
     oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
@@ -223,7 +134,7 @@ def is_device_failure(error: BaseException) -> bool:
     )
 
 
-class _Runner:
+class TorchRunner:
     """The network on one device: an inference copy of the model, its settings, the
     task-embedding cache and (optionally) compiled graphs per frame size."""
 
@@ -245,7 +156,7 @@ class _Runner:
             optimize or compile or embed_max_side != model.embed_max_side
         )
         if optimize:
-            model = model.fuse_for_inference()  # a copy
+            model = inference_copy(model)  # a copy
         elif retune_rsc or channels_last:  # never change the caller's model behind its back
             import copy
 
@@ -257,7 +168,7 @@ class _Runner:
         if channels_last:
             # Weights in the same layout as the frames: oneDNN and cuDNN then run the
             # convolutions without converting layouts on every call.
-            model = model.to(memory_format=torch.channels_last)
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.model = model
         self.device = device
         self.channels_last = channels_last
@@ -304,6 +215,24 @@ class _Runner:
         fn = self._fn("tasks", len(vectors), ir)
         return fn(self._prepare(ir), self._prepare(vis_y), stacked, strengths, embs)
 
+    def fuse_luminance(self, ir: Tensor, vis_y: Tensor, reqs: Sequence[TaskRequest]) -> Tensor:
+        """:class:`~cldyn_ros.inference.backend.FusionBackend`: plain requests share one
+        VFN pass, compensated ones one batched pass (in the caller's autocast)."""
+        out: list[Tensor | None] = [None] * len(reqs)
+        plain = [i for i, r in enumerate(reqs) if r.is_plain]
+        comp = [i for i, r in enumerate(reqs) if not r.is_plain]
+        if plain:
+            y = self.plain(ir, vis_y).float()
+            for i in plain:
+                out[i] = y[0]
+        if comp:
+            vectors = [reqs[i].vector for i in comp]
+            strengths = torch.tensor([reqs[i].strength for i in comp], device=ir.device)
+            ys = self.tasks(ir, vis_y, vectors, strengths).float()  # type: ignore[arg-type]
+            for j, i in enumerate(comp):
+                out[i] = ys[j, 0]
+        return torch.stack(out).contiguous()  # type: ignore[arg-type]
+
     def _fn(self, kind: str, t: int, ir: Tensor) -> Callable:
         model = self.model
         eager = model.forward if kind == "plain" else model.fuse_tasks
@@ -335,7 +264,8 @@ class FusionEngine:
         registration: maps the thermal frame onto the colour frame.
         threads: CPU threads for torch (``None`` keeps torch's default).
         optimize: run an inference copy of the model with batch norms folded into the
-            convolutions (:meth:`CLDyN.fuse_for_inference`; equal up to float rounding).
+            convolutions (:func:`~cldyn_ros.inference.fast.inference_copy`; equal up to float
+            rounding).
             ``False`` runs the model as loaded (the plain eager baseline).
         embed_max_side: longer side at which the A2SI image embeddings run (``0``: full
             resolution as in the method; ``None``: the checkpoint's setting).
@@ -406,24 +336,25 @@ class FusionEngine:
             channels_last = optimize or self.device.type == "cuda"
         if compile and compile_mode is None and self.device.type == "cuda":
             compile_mode = "reduce-overhead"
-        self._runner_args = dict(
+        self._runner_args: dict[str, Any] = dict(
             optimize=optimize, channels_last=channels_last, embed_max_side=embed_max_side,
             compile=compile, compile_backend=compile_backend, compile_mode=compile_mode,
         )
-        self.runner = _Runner(self.loaded, self.device, **self._runner_args)
+        self.runner = TorchRunner(self.loaded, self.device, **self._runner_args)
         self.fallback_device = select_device(fallback_device) if fallback_device else None
-        self._fallback_runner: _Runner | None = None
+        self._fallback_runner: TorchRunner | None = None
         #: Frames fused on the fallback device, and the last device failure.
         self.fallbacks = 0
         self.last_device_error: str | None = None
         #: Record convert/upload/preprocess/fuse/download/postprocess separately.
         self.detailed_timings = False
         self._pinned: dict[tuple, Tensor] = {}
-        self.onnx = None
+        self.onnx: FusionBackend | None = None
         if backend == "onnx":
             from .export import OnnxRunner
 
-            self.onnx = OnnxRunner.create(self, onnx_path, onnx_tasks, onnx_providers)
+            self.onnx = OnnxRunner.create(self.loaded, self.runner.model.embed_max_side,
+                                          onnx_path, onnx_tasks, onnx_providers)
         if warmup is not None:
             self.warm_up(*warmup)
 
@@ -474,7 +405,7 @@ class FusionEngine:
         if any(w < 0 or not np.isfinite(w) for w in weights.values()):
             raise TaskError(f"blend weights must be finite and non-negative, got {weights}")
         total = sum(weights.values())
-        vector = sum(self.task_vectors[k] * (w / total) for k, w in weights.items())
+        vector = cast(Tensor, sum(self.task_vectors[k] * (w / total) for k, w in weights.items()))
         name = label or "+".join(f"{k}:{w / total:.2f}" for k, w in sorted(weights.items()))
         return TaskRequest(name, vector, float(strength))
 
@@ -522,6 +453,7 @@ class FusionEngine:
             if not is_device_failure(e):
                 raise
             fused_y, ir, ycbcr = self._recover(e, thermal, color, color_order, reqs, timings)
+            assert self.fallback_device is not None  # _recover raised otherwise
             device = self.fallback_device
         with self._timed(timings, "postprocess"):
             images_np = self._render_timed(fused_y, ycbcr, color_order,
@@ -547,13 +479,13 @@ class FusionEngine:
             loaded = LoadedModel(copy.deepcopy(self.loaded.model).cpu(),
                                  self.loaded.task_vectors, self.loaded.metadata,
                                  self.loaded.path)
-            self._fallback_runner = _Runner(loaded, self.fallback_device, **args)
+            self._fallback_runner = TorchRunner(loaded, self.fallback_device, **args)
         self.fallbacks += 1
         with self._timed(timings, "fallback"):
             ir, ycbcr = self._preprocess(thermal, color, color_order, None,
                                          device=self.fallback_device)
             with self._autocast(self.fallback_device):
-                fused_y = self._fuse_tensors(self._fallback_runner, ir, ycbcr[:, :1], reqs)
+                fused_y = self._fallback_runner.fuse_luminance(ir, ycbcr[:, :1], reqs)
         return fused_y, ir, ycbcr
 
     @staticmethod
@@ -630,39 +562,14 @@ class FusionEngine:
             if host_norm:
                 ir = t_dev.float()
             else:
-                ir = self._thermal_on_device(t_dev, thermal.dtype)
+                ir = thermal_to_unit_torch(t_dev, thermal.dtype, self.normalizer,
+                                           self.thermal_mode)
             ir = ir.view(1, 1, h, w).clamp_(0.0, 1.0)
             col = c_dev.permute(2, 0, 1).unsqueeze(0).float().mul_(1.0 / 255.0)
             if color_order == "bgr":
                 col = col.flip(1)
             ycbcr = rgb_to_ycbcr(col)
         return ir, ycbcr
-
-    def _thermal_on_device(self, x: Tensor, dtype: np.dtype) -> Tensor:
-        """:func:`thermal_to_unit` in torch, on the tensor's device."""
-        mode = self.thermal_mode
-        if mode == "fixed" or (mode == "auto" and dtype == np.uint8):
-            if x.dtype == torch.uint8:
-                return x.float().mul_(1.0 / 255.0)
-            if dtype == np.uint16:
-                return x.float().mul_(1.0 / 65535.0)
-            return torch.nan_to_num(x.float(), nan=0.0).clamp_(0.0, 1.0)
-        if x.dtype == torch.uint16:  # few kernels support uint16: widen first
-            try:
-                x = x.to(torch.int32)
-            except (RuntimeError, TypeError):  # no uint16 cast kernel on this device
-                x = x.cpu().to(torch.int32).to(x.device)
-        lo_t, hi_t = thermal_limits_torch(x, self.normalizer.low_percentile,
-                                          self.normalizer.high_percentile)
-        lo, hi = (float(v) for v in torch.stack([lo_t, hi_t]).cpu())  # one small sync
-        lo, hi = smooth_limits(self.normalizer, lo, hi)
-        if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
-            return torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-        # the same float32 arithmetic as ThermalNormalizer.apply
-        out = x.float().sub_(np.float32(lo)).mul_(np.float32(1.0 / (hi - lo))).clamp_(0.0, 1.0)
-        if x.is_floating_point():
-            out = torch.nan_to_num(out, nan=0.0)
-        return out
 
     @torch.inference_mode()
     def fuse_luminance(self, ir: Tensor, vis_y: Tensor, reqs: Sequence[TaskRequest]) -> Tensor:
@@ -672,26 +579,7 @@ class FusionEngine:
         if self.onnx is not None:
             return self.onnx.fuse_luminance(ir, vis_y, reqs)
         with self._autocast():
-            return self._fuse_tensors(self.runner, ir, vis_y, reqs)
-
-    @staticmethod
-    def _fuse_tensors(
-        runner: _Runner, ir: Tensor, vis_y: Tensor, reqs: Sequence[TaskRequest]
-    ) -> Tensor:
-        out: list[Tensor | None] = [None] * len(reqs)
-        plain = [i for i, r in enumerate(reqs) if r.is_plain]
-        comp = [i for i, r in enumerate(reqs) if not r.is_plain]
-        if plain:
-            y = runner.plain(ir, vis_y).float()
-            for i in plain:
-                out[i] = y[0]
-        if comp:
-            vectors = [reqs[i].vector for i in comp]
-            strengths = torch.tensor([reqs[i].strength for i in comp], device=ir.device)
-            ys = runner.tasks(ir, vis_y, vectors, strengths).float()  # type: ignore[arg-type]
-            for j, i in enumerate(comp):
-                out[i] = ys[j, 0]
-        return torch.stack(out).contiguous()  # type: ignore[arg-type]
+            return self.runner.fuse_luminance(ir, vis_y, reqs)
 
     @contextlib.contextmanager
     def _autocast(self, device: torch.device | None = None) -> Iterator[None]:

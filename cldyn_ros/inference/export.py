@@ -1,6 +1,6 @@
 """ONNX export of the fusion network and an onnxruntime backend for the engine.
 
-The exported graph is the inference form of CLDyN (:meth:`CLDyN.fuse_for_inference`)
+The exported graph is the inference form of CLDyN (:func:`.fast.inference_copy`)
 with *static selection*: every A2SI branch runs all four convolution configurations
 weighted by its one-hot gate. The forward value equals the per-configuration gather the
 PyTorch path uses (``A2SI._selected``), whose data-dependent shapes (``nonzero``, index
@@ -36,17 +36,16 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..model import CLDyN
+from .backend import TaskError, TaskRequest
 from .checkpoint import NO_TASK, LoadedModel
-
-if TYPE_CHECKING:
-    from .engine import FusionEngine, TaskRequest
+from .fast import inference_copy
 
 META_KEY = "cldyn_ros"
 OPSET = 17
@@ -65,13 +64,15 @@ class FusionGraph(nn.Module):
         super().__init__()
         if model.rsc is None:
             raise ExportError("this model has no RSC: export it without tasks is not supported")
-        self.model = model.fuse_for_inference().set_static_selection(True, unfold_conv)
+        self.model = inference_copy(model).set_static_selection(True, unfold_conv)
+        self.vectors: Tensor
         self.register_buffer("vectors", vectors.float().clone())
         self.blend_input = blend_input
 
     def forward(self, ir: Tensor, vis_y: Tensor, strength: Tensor,
                 weights: Tensor | None = None) -> Tensor:
         if self.blend_input:
+            assert weights is not None, "a blend-input graph needs weights"
             w = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-12)
             vectors = w @ self.vectors
         else:
@@ -85,7 +86,7 @@ class PlainGraph(nn.Module):
 
     def __init__(self, model: CLDyN) -> None:
         super().__init__()
-        self.model = model.fuse_for_inference()
+        self.model = inference_copy(model)
 
     def forward(self, ir: Tensor, vis_y: Tensor) -> Tensor:
         return self.model(ir, vis_y)
@@ -175,7 +176,8 @@ def export_onnx(
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(graph, args, buffer, input_names=names, output_names=["fused"],
+            torch.onnx.export(graph, args, buffer,  # type: ignore[arg-type]  # a file object
+                              input_names=names, output_names=["fused"],
                               opset_version=OPSET, dynamic_axes=dynamic_axes, dynamo=False)
     except Exception as e:  # exporter failures are many types
         raise ExportError(f"ONNX export failed: {type(e).__name__}: {e}") from e
@@ -206,7 +208,8 @@ def default_providers() -> list[str]:
 
 
 class OnnxRunner:
-    """Runs an exported model for :class:`~cldyn_ros.inference.engine.FusionEngine`
+    """A :class:`~cldyn_ros.inference.backend.FusionBackend` running an exported model for
+    :class:`~cldyn_ros.inference.engine.FusionEngine`
     (``backend="onnx"``): maps the engine's task requests onto the model's baked tasks
     (blends through the ``weights`` input when the model has one)."""
 
@@ -238,22 +241,22 @@ class OnnxRunner:
         self.blend = bool(self.meta["blend_input"])
 
     @classmethod
-    def create(cls, engine: FusionEngine, path, tasks, providers) -> OnnxRunner:
-        vectors = engine.loaded.task_vectors
+    def create(cls, loaded: LoadedModel, embed_max_side: int,
+               path: str | os.PathLike | None, tasks: Sequence[str] | None,
+               providers: Sequence[str] | None) -> OnnxRunner:
+        """From the file at ``path``, or exported on the fly for ``tasks``."""
+        vectors = loaded.task_vectors
         threads = torch.get_num_threads()
         if path is not None:
             return cls(path, vectors, providers, threads)
-        tasks = list(tasks or engine.loaded.task_names) or [NO_TASK]
+        tasks = list(tasks or loaded.task_names) or [NO_TASK]
         buf = io.BytesIO()
-        side = engine.runner.model.embed_max_side
-        export_onnx(engine.loaded, tasks, buf, dynamic=True, embed_max_side=side)
+        export_onnx(loaded, tasks, buf, dynamic=True, embed_max_side=embed_max_side)
         return cls(buf.getvalue(), vectors, providers, threads)
 
     def weights_for(self, vector: Tensor) -> np.ndarray:
         """Blend weights over the baked tasks reproducing ``vector`` (least squares);
-        raises :class:`~cldyn_ros.inference.engine.TaskError` when no blend does."""
-        from .engine import TaskError
-
+        raises :class:`~cldyn_ros.inference.backend.TaskError` when no blend does."""
         v = vector.detach().float().cpu()
         sol = torch.linalg.lstsq(self.basis.t(), v.unsqueeze(1)).solution[:, 0]
         err = (self.basis.t() @ sol - v).abs().max()
@@ -263,8 +266,6 @@ class OnnxRunner:
         return sol.clamp_min(0).numpy()
 
     def fuse_luminance(self, ir: Tensor, vis_y: Tensor, reqs: Sequence[TaskRequest]) -> Tensor:
-        from .engine import TaskError
-
         h, w = ir.shape[-2:]
         if self.meta["height"] is not None and (h, w) != (self.meta["height"],
                                                            self.meta["width"]):
@@ -292,10 +293,10 @@ class OnnxRunner:
                 slot = None
                 if self.blend:
                     slot = next((s for s in range(self.outputs) if s not in used), None)
-                    if slot is not None and not r.is_plain:
+                    if slot is not None and r.vector is not None and not r.is_plain:
                         weights[slot] = self.weights_for(r.vector)
                 else:
-                    if r.is_plain:
+                    if r.is_plain or r.vector is None:
                         slot = next((s for s in range(self.outputs) if s not in used), None)
                     else:
                         wts = self.weights_for(r.vector)

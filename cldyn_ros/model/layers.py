@@ -63,17 +63,31 @@ class DenseBlock(nn.Module):
         return x + self.merge(torch.cat([x, y1, y2], dim=1))
 
 
+def sobel_xy(x: Tensor, border: str = "zeros") -> tuple[Tensor, Tensor]:
+    """3x3 Sobel derivatives ``(gx, gy)`` per channel: the one Sobel of the package (the
+    fusion block, its inference form, the Q^AB/F metric and the training losses).
+
+    Shapes: ``(N, C, H, W)`` -> two ``(N, C, H, W)`` (``H - 2`` x ``W - 2`` for ``"valid"``).
+    ``border``: ``"zeros"``, ``"reflect"`` or ``"replicate"`` padding, or ``"valid"``.
+    """
+    padded = x if border == "valid" else F.pad(
+        x, (1, 1, 1, 1), mode="constant" if border == "zeros" else border
+    )
+    # Separable Sobel ([1, 2, 1] smoothing x [-1, 0, 1] difference) with shifted slices: the
+    # same numbers as conv2d with the 3x3 kernels, several times faster than a one-channel
+    # conv2d on CPU.
+    diff_x = padded[..., :, 2:] - padded[..., :, :-2]
+    gx = diff_x[..., :-2, :] + 2 * diff_x[..., 1:-1, :] + diff_x[..., 2:, :]
+    smooth_x = padded[..., :, :-2] + 2 * padded[..., :, 1:-1] + padded[..., :, 2:]
+    gy = smooth_x[..., 2:, :] - smooth_x[..., :-2, :]
+    return gx, gy
+
+
 def sobel_magnitude(x: Tensor) -> Tensor:
     """Per-channel gradient magnitude ``|Sobel_x| + |Sobel_y|`` with replicate borders.
 
     Shapes: ``(N, C, H, W) -> (N, C, H, W)``. Parameter-free; the L1 form matches the
     method's gradient loss and is cheaper than the Euclidean norm.
     """
-    c = x.shape[1]
-    kx = torch.tensor(
-        [[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=x.dtype, device=x.device
-    )
-    weight = torch.stack([kx, kx.t()]).unsqueeze(1).repeat(c, 1, 1, 1)  # (2C, 1, 3, 3)
-    padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
-    grad = F.conv2d(padded, weight, groups=c)  # (N, 2C, H, W): gx, gy per channel
-    return grad.abs().view(x.shape[0], c, 2, *x.shape[2:]).sum(dim=2)
+    gx, gy = sobel_xy(x, "replicate")
+    return gx.abs() + gy.abs()

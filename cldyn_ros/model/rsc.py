@@ -119,8 +119,9 @@ class KernelPredictors(nn.Module):
 
     def weight_dims(self, config: int) -> tuple[int, int]:
         """``(in_channels, kernel_size)`` of configuration ``config``'s kernels."""
-        shape = self.by_size[str(CONFIGURATIONS[config][0])].shape
-        return shape[1], shape[2]
+        predictor = self.by_size[str(CONFIGURATIONS[config][0])]
+        assert isinstance(predictor, KernelPredictor)
+        return predictor.shape[1], predictor.shape[2]
 
     def predict(self, config: int, v: Tensor) -> Tensor:
         """``(..., dim) -> (..., C, C, k, k)`` for configuration index ``config``."""
@@ -222,7 +223,8 @@ class A2SI(nn.Module):
         self.norm = nn.BatchNorm2d(branches * channels)
         self.out = nn.Conv2d(channels, channels, 1)
         nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        nn.init.zeros_(self.out.bias)  # type: ignore[arg-type]  # bias=True
+        self.prototypes: Tensor
         self.register_buffer(
             "prototypes", hadamard_prototypes(len(CONFIGURATIONS), route_dim), persistent=False
         )
@@ -332,10 +334,11 @@ class A2SI(nn.Module):
         ``unfold`` uses :func:`dynamic_conv_unfolded` (ONNX export with symbolic sizes).
         """
         conv = dynamic_conv_unfolded if unfold else dynamic_conv
-        out = 0
+        out: Tensor | float = 0.0
         for c, (_, dilation) in enumerate(CONFIGURATIONS):
             y = conv(x, kernels.predict(c, vectors[:, :, c]), dilation, kernels.weight_dims(c))
             out = out + gates[:, :, c, None, None, None] * y
+        assert isinstance(out, Tensor)
         return out
 
     @staticmethod
@@ -406,10 +409,12 @@ class RSC(nn.Module):
 
     def a2si_blocks(self) -> list[tuple[str, int, A2SI]]:
         """Every A2SI block as ``(modality, index, block)``."""
-        return [("ir", i, b) for i, b in enumerate(self.blocks_ir)] + [
-            ("vis", i, b) for i, b in enumerate(self.blocks_vis)
-        ]
+        return [(m, i, self.block(m, i))
+                for m, blocks in (("ir", self.blocks_ir), ("vis", self.blocks_vis))
+                for i in range(len(blocks))]
 
     def block(self, modality: str, index: int) -> A2SI:
         blocks = self.blocks_ir if modality == "ir" else self.blocks_vis
-        return blocks[index]
+        block = blocks[index]
+        assert isinstance(block, A2SI)
+        return block

@@ -170,6 +170,7 @@ class VFN(nn.Module):
     def reset_output(self) -> None:
         """Zero the last convolution: with a prior, the output is then the prior itself."""
         last = self.decoder.tail[-1]
+        assert isinstance(last, nn.Conv2d) and last.bias is not None
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
 

@@ -34,10 +34,12 @@ import torch
 from torch import Tensor
 
 from .. import __version__
-from ..inference.engine import FusionEngine, InputError
+from ..inference.engine import FusionEngine
 from ..metrics import METRIC_NAMES, fusion_metrics
 from ..model import rgb_to_ycbcr
 from ..streams.pairing import ApproximateTimePairer, Frame, Pair
+from ..streams.pipeline import FramePipeline, InputImage
+from ..streams.settings import FusionSettings
 from .bags import (
     BagError,
     ImageBagWriter,
@@ -71,9 +73,9 @@ class BagEvalSettings:
     thermal_topic: str = "/thermal/image"
     rgb_topic: str = "/rgb/image"
     tasks: tuple[str, ...] = ("none",)
-    slop: float = 0.02
-    queue_size: int = 10
-    max_delay: float = 0.5
+    slop: float = FusionSettings.slop
+    queue_size: int = FusionSettings.queue_size
+    max_delay: float = FusionSettings.max_delay
     metrics: tuple[str, ...] = METRIC_NAMES
     batch_size: int = 16
     write_bag: bool = False
@@ -94,7 +96,8 @@ def image_luminance(image: np.ndarray, order: str = "rgb") -> Tensor:
     return rgb_to_ycbcr(rgb)[:, :1]
 
 
-def _stats(values: Sequence[float]) -> dict[str, float]:
+def summary_stats(values: Sequence[float | None]) -> dict[str, float]:
+    """Count, mean, std, min, median, 95th percentile and max of the finite values."""
     vals = np.asarray([v for v in values if v is not None and math.isfinite(v)], np.float64)
     if vals.size == 0:
         return {"n": 0, "mean": float("nan"), "std": float("nan"), "min": float("nan"),
@@ -128,7 +131,7 @@ class ReportBuilder:
         self.records: list[dict[str, Any]] = []
         self.samples: list[tuple[str, list[np.ndarray]]] = []
         self.warnings: list[str] = []
-        self._sample_stamps = set(sample_stamps)
+        self.sample_stamps = set(sample_stamps)
         self._pending: list[_Pending] = []
         self._failed_metrics: set[str] = set()
 
@@ -157,7 +160,8 @@ class ReportBuilder:
         self._pending.append(_Pending(record, fused, ir.float().cpu(), vis.float().cpu()))
         if len(self._pending) >= self.batch_size:
             self._flush()
-        if stamp_ns in self._sample_stamps and thermal_image is not None:
+        if stamp_ns in self.sample_stamps and thermal_image is not None \
+                and color_image is not None:
             tiles = [thermal_image, color_image if order == "rgb" else color_image[..., ::-1]]
             tiles += [images[t] if order == "rgb" else images[t][..., ::-1] for t in self.tasks
                       if t in images]
@@ -200,7 +204,7 @@ class ReportBuilder:
                 vals = [r["metrics"][task][m] for r in self.records
                         if task in r["metrics"] and m in r["metrics"][task]]
                 if vals:
-                    out[task][m] = _stats(vals)
+                    out[task][m] = summary_stats(vals)
         return out
 
     def latency(self) -> dict[str, dict[str, float]]:
@@ -208,19 +212,22 @@ class ReportBuilder:
         for r in self.records:
             for k, v in r["timings_ms"].items():
                 stages.setdefault(k, []).append(v)
-        return {k: _stats(v) for k, v in stages.items()}
+        return {k: summary_stats(v) for k, v in stages.items()}
 
 
 # --------------------------------------------------------------------------- pairing
-def _sample_stamps(color_stamps: Sequence[int], n: int = SHEET_ROWS) -> list[int]:
+def sample_stamps(color_stamps: Sequence[int], n: int = SHEET_ROWS) -> list[int]:
+    """Up to ``n`` stamps spread evenly over ``color_stamps`` (the contact-sheet rows)."""
     if not color_stamps:
         return []
     idx = np.unique(np.linspace(0, len(color_stamps) - 1, min(n, len(color_stamps))).round())
     return [color_stamps[int(i)] for i in idx]
 
 
-def pair_bag(path: str | Path, thermal_topic: str, rgb_topic: str, slop: float = 0.02,
-             queue_size: int = 10, max_delay: float = 0.5) -> tuple[list[Pair], dict, list[str]]:
+def pair_bag(path: str | Path, thermal_topic: str, rgb_topic: str,
+             slop: float = FusionSettings.slop, queue_size: int = FusionSettings.queue_size,
+             max_delay: float = FusionSettings.max_delay
+             ) -> tuple[list[Pair], dict, list[str]]:
     """Pair a bag's frames without decoding pixels (payload: the colour/thermal stamps).
 
     Returns the pairs, the pairing statistics and warnings (a truncated bag is read up to
@@ -280,19 +287,19 @@ def evaluate_bag(
     bag = Path(bag)
     info = bag_info(bag)
     check_image_topics(info, [settings.thermal_topic, settings.rgb_topic])
-    requests = [engine.request(t) for t in settings.tasks]
+    # The node's pipeline, one output per task; metrics by the report builder (all pairs).
+    values = dict(FusionSettings().values(), tasks=list(settings.tasks), slop=settings.slop,
+                  queue_size=settings.queue_size, max_delay=settings.max_delay,
+                  metrics_every_n=0)
+    pipeline = FramePipeline(engine, FusionSettings.from_values(values, engine.task_names),
+                             configure_engine=False)
     store = typestore_for("kilted")
-    pairer = ApproximateTimePairer(settings.slop, settings.queue_size, settings.max_delay)
     n_color = info.topics[settings.rgb_topic][1]
     n_msgs = n_color + info.topics[settings.thermal_topic][1]
-
-    # Contact-sheet rows: colour stamps spread over the bag (only stamps are read first).
-    color_stamps: list[int] = []
-    prepass_pairs, _, _ = pair_bag(bag, settings.thermal_topic, settings.rgb_topic,
-                                   settings.slop, settings.queue_size, settings.max_delay)
-    color_stamps = [p.color.stamp_ns for p in prepass_pairs]
-    builder = ReportBuilder(settings.tasks, settings.metrics, settings.batch_size,
-                            _sample_stamps(color_stamps))
+    # Contact-sheet rows: colour frames spread over the bag, by their index in the stream.
+    sheet_rows = {int(i) for i in np.unique(
+        np.linspace(0, max(n_color - 1, 0), min(SHEET_ROWS, n_color)).round())}
+    builder = ReportBuilder(settings.tasks, settings.metrics, settings.batch_size)
     warnings: list[str] = []
     fusion_errors = 0
     writer = None
@@ -311,22 +318,25 @@ def evaluate_bag(
         nonlocal fusion_errors
         for pair in pairs:
             color, thermal = pair.color.data, pair.thermal.data
-            order = "bgr" if color.encoding == "bgr8" else "rgb"
             t0 = time.perf_counter()
-            try:
-                result = engine.fuse(thermal.image, color.image, requests, color_order=order)
-            except InputError as e:
+            out = pipeline.fuse(pair)
+            if out is None:
                 fusion_errors += 1
                 if fusion_errors <= 5:
-                    warnings.append(f"pair at {pair.color.stamp_ns} ns not fused: {e}")
+                    warnings.append(f"pair at {pair.color.stamp_ns} ns not fused: "
+                                    f"{pipeline.last_error}")
                 continue
+            result = out.result
             timings = dict(result.timings)
             timings["decode"] = color.decode_ms + thermal.decode_ms
             timings["total"] = (time.perf_counter() - t0) * 1000.0 + timings["decode"]
             t_s = (pair.color.stamp_ns - (start_ns or pair.color.stamp_ns)) / _NS
+            if color.header in sheet_rows:  # the header slot holds the colour frame's index
+                builder.sample_stamps.add(pair.color.stamp_ns)
+            # The report and the output bag keep the input's channel order.
             builder.add(pair.color.stamp_ns, t_s, pair.gap_ns, pair.thermal.stamp_ns,
                         result.images, result.ir, result.vis_y, timings, result.color_order,
-                        thermal.image, color.image)
+                        thermal.array, color.array)
             if writer is not None:
                 for label, img in result.images.items():
                     writer.write_image(FUSED_TOPIC.format(task=label), img,
@@ -337,6 +347,7 @@ def evaluate_bag(
     progress = tqdm(total=n_msgs, desc="eval bag", unit="msg", disable=not settings.progress)
     decode_errors = 0
     last_log = 0
+    color_index = 0
     try:
         topics = None if writer is not None else [settings.thermal_topic, settings.rgb_topic]
         for topic, msgtype, log_ns, raw in iter_messages(bag, topics):
@@ -358,24 +369,26 @@ def evaluate_bag(
                 if decode_errors <= 5:
                     warnings.append(str(e))
                 continue
+            role = "thermal" if topic == settings.thermal_topic else "color"
+            index = None
+            if role == "color":
+                index, color_index = color_index, color_index + 1
             # A writable copy: the bag's buffer is read-only, which torch warns about.
-            payload = _Decoded(rec.image.copy(), rec.encoding, (time.perf_counter() - t0) * 1000.0)
+            payload = InputImage(rec.image.copy(), rec.encoding, index,
+                                 (time.perf_counter() - t0) * 1000.0)
             frame = Frame(rec.stamp_ns, payload, rec.frame_id, log_ns)
             if start_ns is None:
                 start_ns = rec.stamp_ns
-            if topic == settings.thermal_topic:
-                handle(pairer.add_thermal(frame), log_ns)
-            else:
-                handle(pairer.add_color(frame), log_ns)
+            handle(pipeline.add(role, frame), log_ns)
     except BagError as e:
         warnings.append(f"{e}; the report covers the messages before the damage")
     finally:
         progress.close()
-    handle(pairer.flush(), last_log)
+    handle(pipeline.flush(), last_log)
     if writer is not None:
         writer.close()
     records = builder.finish()
-    stats = pairer.stats.as_dict()
+    stats = pipeline.pairing_stats()
     if decode_errors > 5:
         warnings.append(f"{decode_errors} undecodable image messages in all")
     if fusion_errors > 5:
@@ -391,7 +404,7 @@ def evaluate_bag(
         "settings": settings.as_dict(),
         "model": {"label": model_label, "device": str(engine.device),
                   "precision": engine.precision, "tasks": engine.task_names},
-        "pairing": {**stats, "gap_ms": _stats([r["gap_ms"] for r in records])},
+        "pairing": {**stats, "gap_ms": summary_stats([r["gap_ms"] for r in records])},
         "frames": {"fused": len(records), "fusion_errors": fusion_errors,
                    "decode_errors": decode_errors},
         "summary": builder.summary(),
@@ -399,18 +412,11 @@ def evaluate_bag(
         "warnings": warnings,
         "per_pair": records,
     }
-    if out_bag is not None:
+    if out_bag is not None and writer is not None:
         report["output_bag"] = {"path": str(out_bag), "topics": dict(writer.counts)}
     if out_dir is not None:
         write_report(out_dir, report, builder.samples, settings.tasks)
     return report
-
-
-@dataclass
-class _Decoded:
-    image: np.ndarray
-    encoding: str
-    decode_ms: float
 
 
 # ----------------------------------------------------------------------------- output

@@ -451,7 +451,8 @@ class ImageBagWriter:
         self.distro = distro
         self.storage = storage
         plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
-        self._writer = Writer(self.path, version=DISTROS[distro], storage_plugin=plugin)
+        self._writer = Writer(self.path, version=DISTROS[distro],  # type: ignore[arg-type]
+                              storage_plugin=plugin)  # (8 or 9, per distro)
         self._conns: dict[str, Any] = {}
         self.counts: dict[str, int] = {}
 

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from ..imaging.io import ImageReadError, PairListing, find_pairs, read_color, read_thermal
-from ..imaging.thermal import ThermalNormalizer
-from ..inference.engine import FusionEngine, TaskRequest, thermal_to_unit
+from ..imaging.io import ImageReadError, PairListing, read_color, read_thermal
+from ..imaging.registration import Registration
+from ..imaging.thermal import ThermalNormalizer, thermal_to_unit
+from ..inference.engine import FusionEngine, TaskRequest
 from ..metrics import METRIC_NAMES, fusion_metrics
 from ..model import rgb_to_ycbcr
 from .baselines import BASELINES
@@ -100,13 +100,14 @@ class MetricTable:
 
 
 def load_pair(ir_file: Path, vi_file: Path) -> tuple[Tensor, Tensor]:
-    """Infrared ``(1, 1, H, W)`` (engine preprocessing, resized to the visible size) and
-    visible YCbCr ``(1, 3, H, W)``, float32 in ``[0, 1]``."""
+    """Infrared ``(1, 1, H, W)`` (engine preprocessing, resized to the visible size as the
+    engine resizes: :class:`~cldyn_ros.imaging.registration.Registration`) and visible YCbCr
+    ``(1, 3, H, W)``, float32 in ``[0, 1]``."""
     vis = read_color(vi_file)
     ir = thermal_to_unit(read_thermal(ir_file), ThermalNormalizer())
+    if ir.shape != vis.shape[:2]:
+        ir = Registration()(ir, vis.shape[:2])
     ir_t = torch.from_numpy(np.ascontiguousarray(ir, dtype=np.float32))[None, None]
-    if ir_t.shape[-2:] != vis.shape[:2]:
-        ir_t = F.interpolate(ir_t, size=vis.shape[:2], mode="bilinear", align_corners=False)
     rgb = torch.from_numpy(vis).permute(2, 0, 1)[None].float() / 255.0
     return ir_t.clamp(0, 1), rgb_to_ycbcr(rgb)
 
@@ -161,7 +162,7 @@ class ScoreCache:
         here = Path(__file__).resolve().parent
         digest = hashlib.sha256()
         for source in ("metrics.py", "evaluation.py", "baselines.py", "imaging/io.py",
-                       "imaging/thermal.py", "model/color.py"):
+                       "imaging/thermal.py", "imaging/registration.py", "model/color.py"):
             file = here / source
             digest.update(file.read_bytes() if file.exists() else b"")
         # Of the engine only the thermal preparation matters (it changes for speed work).
@@ -268,26 +269,3 @@ def evaluate(
         if cache is not None and todo and keys:
             cache.save()  # after every pair: an interrupted run keeps what it computed
     return table
-
-
-def evaluate_folders(
-    ir_dir: Path,
-    vi_dir: Path,
-    fused: Mapping[str, Path] | None = None,
-    engine: FusionEngine | None = None,
-    model_label: str = "CLDyN (ours)",
-    baselines: Sequence[str] = tuple(BASELINES),
-    metrics: Sequence[str] = METRIC_NAMES,
-    progress: bool = True,
-) -> MetricTable:
-    """Convenience: pairs from two folders; the model (if given), baselines and fused-output
-    folders as methods."""
-    listing = find_pairs(ir_dir, vi_dir)
-    methods: dict[str, Method] = {}
-    if engine is not None:
-        methods[model_label] = engine_method(engine)
-    for b in baselines:
-        methods[b] = baseline_method(b)
-    for label, folder in (fused or {}).items():
-        methods[label] = folder_method(folder)
-    return evaluate(listing, methods, metrics, progress)

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from ..inference.checkpoint import NO_TASK
-from ..offline.bag_eval import _stats
+from ..offline.bag_eval import summary_stats
 
 __all__ = ["DemoError", "LiveDemoSettings", "run_live_demo"]
 
@@ -134,7 +134,7 @@ def _model_and_switch(settings: LiveDemoSettings, node: str) -> tuple[Path, list
         parameters_after={"thermal_low_percentile": lo1, "thermal_high_percentile": hi1})
 
 
-def _ros_environment() -> dict[str, str]:
+def ros_environment() -> dict[str, str]:
     """This process's environment for ROS: loopback discovery and a domain of its own
     (unless the user chose them), also passed to the node's process."""
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
@@ -142,13 +142,15 @@ def _ros_environment() -> dict[str, str]:
     return dict(os.environ)
 
 
-class _NodeProcess:
-    """``python -m cldyn_ros.ros.node`` with its log in a file; ready when it logs 'ready:'."""
+class NodeProcess:
+    """``python -m cldyn_ros.ros.node`` with its log in a file; ready when its ready service
+    (:func:`~cldyn_ros.ros.node.ready_service` in ``namespace``) is in the ROS graph."""
 
-    def __init__(self, args: Sequence[str], log: Path, env: Mapping[str, str]) -> None:
+    def __init__(self, args: Sequence[str], log: Path, env: Mapping[str, str],
+                 namespace: str = "") -> None:
         self.log_path = log
         self.lines: list[str] = []
-        self.ready = threading.Event()
+        self.namespace = namespace
         self.process = subprocess.Popen(
             [sys.executable, "-m", "cldyn_ros.ros.node", "--ros-args", *args],
             env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -159,23 +161,24 @@ class _NodeProcess:
         self._reader.start()
 
     def _read(self) -> None:
+        assert self.process.stdout is not None  # stdout=PIPE
         with open(self.log_path, "w") as log:
             for line in self.process.stdout:
                 self.lines.append(line)
                 log.write(line)
                 log.flush()
-                if "ready: model" in line:
-                    self.ready.set()
 
     def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.ready.wait(0.1):
-            if self.process.poll() is not None:
-                self._reader.join(2)
-                raise DemoError(f"fusion_node exited with code {self.process.returncode} "
-                                f"before it was ready:\n{self.tail()}")
-            if time.monotonic() > deadline:
-                raise DemoError(f"fusion_node was not ready within {timeout:g} s:\n{self.tail()}")
+        from .node import ready_service, wait_for_service
+
+        if wait_for_service(ready_service(self.namespace), timeout,
+                            alive=lambda: self.process.poll() is None):
+            return
+        if self.process.poll() is not None:
+            self._reader.join(2)
+            raise DemoError(f"fusion_node exited with code {self.process.returncode} "
+                            f"before it was ready:\n{self.tail()}")
+        raise DemoError(f"fusion_node was not ready within {timeout:g} s:\n{self.tail()}")
 
     def tail(self, n: int = 15) -> str:
         return "".join(self.lines[-n:]).rstrip()
@@ -224,7 +227,7 @@ class _Director:
         if switch.kind == "task":
             from std_srvs.srv import Trigger
 
-            self._client = self.node.create_client(Trigger, switch.service)
+            self._client: Any = self.node.create_client(Trigger, switch.service)
             self._request = Trigger.Request()
         else:
             from rcl_interfaces.srv import SetParameters
@@ -356,8 +359,7 @@ def _contact_sheet(out: Path, bag: Path, replay_bag: Path, topics: Mapping[str, 
     """Sheet of the sampled frames: thermal, colour, the node's output, the same frame fused
     offline with the other setting, and the difference. Returns per-row numbers."""
     from ..imaging.contact_sheet import save_contact_sheet
-    from ..imaging.thermal import ThermalNormalizer
-    from ..inference.engine import thermal_to_unit
+    from ..imaging.thermal import ThermalNormalizer, thermal_to_unit
     from ..offline.bags import read_images
 
     wanted_color = {s for s, *_ in rows}
@@ -492,13 +494,13 @@ def run_live_demo(settings: LiveDemoSettings) -> dict[str, Any]:
     topics = {"thermal": f"{NAMESPACE}/thermal/image", "rgb": f"{NAMESPACE}/rgb/image",
               "fused": f"{NAMESPACE}/fused/image"}
     model_path, tasks, switch = _model_and_switch(settings, node_name)
-    env = _ros_environment()
+    env = ros_environment()
 
     # 1. The node first (before any rclpy.init here: no fork after it); it loads meanwhile.
     node_args = ["-r", f"__ns:={NAMESPACE}", "-p", f"model_path:={model_path}",
                  "-p", f"threads:={settings.threads}", "-p", f"device:={settings.device}",
                  "-p", f"warmup_width:={settings.width}", "-p", f"warmup_height:={settings.height}"]
-    node = _NodeProcess(node_args, out / "node.log", env)
+    node = NodeProcess(node_args, out / "node.log", env, NAMESPACE)
     director = None
     try:
         # 2. The scene, as two cameras would record it.
@@ -556,9 +558,11 @@ def run_live_demo(settings: LiveDemoSettings) -> dict[str, Any]:
     for phase, records in phases.items():
         if not records and phase == "switching":
             continue
-        latency = {k: _stats([_num(r["node"].get(k)) for r in records]) for k in LATENCY_KEYS}
-        latency["end_to_end_ms"] = _stats([r["timings_ms"].get("end_to_end") for r in records])
-        quality = {m: _stats([r["metrics"].get("fused", {}).get(m) for r in records])
+        latency = {k: summary_stats([_num(r["node"].get(k)) for r in records])
+                   for k in LATENCY_KEYS}
+        latency["end_to_end_ms"] = summary_stats([r["timings_ms"].get("end_to_end")
+                                                  for r in records])
+        quality = {m: summary_stats([r["metrics"].get("fused", {}).get(m) for r in records])
                    for m in DEMO_METRICS}
         phase_report[phase] = {
             "setting": switch.before if phase == "before" else

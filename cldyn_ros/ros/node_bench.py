@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..tools.bench import SCHEMA_VERSION, machine_info, percentiles, synthetic_frames, write_report
-from .demo import _NodeProcess, _ros_environment
+from .demo import NodeProcess, ros_environment
 
 NAMESPACE = "/cldyn_bench"
 NODE_NAME = "cldyn_fusion"
@@ -280,7 +280,7 @@ def run_node_bench(settings: NodeBenchSettings, log=None) -> dict[str, Any]:
     say = log or (lambda msg: None)
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
-    env = _ros_environment()
+    env = ros_environment()
     args = ["-r", f"__ns:={NAMESPACE}", "-p", f"model_path:={Path(settings.model).resolve()}",
             "-p", f"device:={settings.device}", "-p", f"precision:={settings.precision}",
             "-p", f"threads:={settings.threads}", "-p", f"qos_reliability:={settings.qos}",
@@ -289,7 +289,7 @@ def run_node_bench(settings: NodeBenchSettings, log=None) -> dict[str, Any]:
         args += ["-p", f"task:={settings.task}"]
     t0 = time.monotonic()
     say(f"starting the node ({settings.model}, {settings.device}, {settings.precision})")
-    node = _NodeProcess(args, out / "node.log", env)  # before any rclpy.init here: no fork
+    node = NodeProcess(args, out / "node.log", env, NAMESPACE)  # before any rclpy.init: no fork
     client = None
     readings: dict[str, dict[str, Any]] = {}
     warm_stamps: list[int] = []
@@ -343,7 +343,7 @@ def run_node_bench(settings: NodeBenchSettings, log=None) -> dict[str, Any]:
     cpu0 = readings["start"]["cpu_s"]
     # fused frames per second over the stream: first colour stamp to last fused frame
     active_s = (max(received.values()) - stamps[0]) / 1e9 if received else 0.0
-    report = {
+    report: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
         "kind": "node",
         "machine": machine_info(),

@@ -26,16 +26,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..imaging.thermal import ThermalNormalizer
-from ..inference.engine import thermal_to_unit
+from ..imaging.thermal import ThermalNormalizer, thermal_to_unit
 from ..metrics import METRIC_NAMES
 from ..offline.bag_eval import (
     ReportBuilder,
-    _sample_stamps,
-    _stats,
     image_luminance,
     pair_bag,
     pairing_warnings,
+    sample_stamps,
+    summary_stats,
     write_report,
 )
 from ..offline.bags import (
@@ -47,6 +46,7 @@ from ..offline.bags import (
     iter_messages,
     typestore_for,
 )
+from ..streams.settings import FusionSettings
 
 __all__ = ["ReplayError", "ReplaySettings", "replay_bag"]
 
@@ -79,10 +79,10 @@ class ReplaySettings:
     record: bool = True
     storage: str = "mcap"
     progress: bool = True
-    # Used when the node's parameters cannot be read.
-    slop: float = 0.02
-    queue_size: int = 10
-    max_delay: float = 0.5
+    # Used when the node's parameters cannot be read: the node's defaults.
+    slop: float = FusionSettings.slop
+    queue_size: int = FusionSettings.queue_size
+    max_delay: float = FusionSettings.max_delay
 
 
 @dataclass
@@ -369,12 +369,14 @@ def _build_report(bag: Path, info: Any, settings: ReplaySettings, params: Mappin
     for k in [k for k in thermals if k not in used]:
         del thermals[k]
 
-    mode = str(params.get("thermal_mode", "auto"))
-    normalizer = ThermalNormalizer(float(params.get("thermal_low_percentile", 1.0)),
-                                   float(params.get("thermal_high_percentile", 99.0)),
-                                   float(params.get("thermal_smoothing", 0.9)))
+    defaults = FusionSettings()
+    mode = str(params.get("thermal_mode", defaults.thermal_mode))
+    normalizer = ThermalNormalizer(
+        float(params.get("thermal_low_percentile", defaults.thermal_low_percentile)),
+        float(params.get("thermal_high_percentile", defaults.thermal_high_percentile)),
+        float(params.get("thermal_smoothing", defaults.thermal_smoothing)))
     builder = ReportBuilder(labels, settings.metrics, settings.batch_size,
-                            _sample_stamps(received_stamps))
+                            sample_stamps(received_stamps))
     start_ns = min(by_stamp) if by_stamp else (received_stamps[0] if received_stamps else 0)
     for s in received_stamps:
         if s not in colors or thermal_for.get(s) not in thermals:
@@ -443,7 +445,7 @@ def _build_report(bag: Path, info: Any, settings: ReplaySettings, params: Mappin
         "model": {"label": f"fusion_node {settings.node}: {params.get('model_path') or 'default'}",
                   "device": params.get("device", "?"), "precision": params.get("precision", "?"),
                   "parameters": dict(params)},
-        "pairing": {**stats, "gap_ms": _stats([r["gap_ms"] for r in records])},
+        "pairing": {**stats, "gap_ms": summary_stats([r["gap_ms"] for r in records])},
         "live": live,
         "frames": {"fused": len(records)},
         "summary": builder.summary(),

@@ -202,7 +202,7 @@ def numpy_to_image(
         data = flat.tobytes()
     else:
         data = array.array("B")
-        data.frombytes(memoryview(flat))
+        data.frombytes(memoryview(flat))  # type: ignore[arg-type]  # ndarray is a buffer
 
     if header is not None:
         msg.header = header

@@ -32,6 +32,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from .settings import FusionSettings
+
 __all__ = ["ApproximateTimePairer", "Frame", "Pair", "PairingStats"]
 
 _NS_PER_S = 1_000_000_000
@@ -149,7 +151,9 @@ class ApproximateTimePairer:
         ['t0']
     """
 
-    def __init__(self, slop_s: float = 0.02, queue_size: int = 10, max_delay_s: float = 0.5):
+    def __init__(self, slop_s: float = FusionSettings.slop,
+                 queue_size: int = FusionSettings.queue_size,
+                 max_delay_s: float = FusionSettings.max_delay) -> None:
         self._slop_ns = _seconds_to_ns(slop_s, "slop_s")
         self._max_delay_ns = _seconds_to_ns(max_delay_s, "max_delay_s")
         if self._max_delay_ns == 0:
@@ -314,7 +318,8 @@ class ApproximateTimePairer:
             future_gap = max(0, future_min - color.stamp_ns)
             best = self._nearest(color.stamp_ns)
             gap = None if best is None else abs(color.stamp_ns - best.stamp_ns)
-            if best is not None and gap <= self._slop_ns and gap <= future_gap:
+            if best is not None and gap is not None and gap <= self._slop_ns \
+                    and gap <= future_gap:
                 self._colors.popleft()
                 pairs.append(self._make_pair(color, best))
             elif (gap is None or gap > self._slop_ns) and future_gap > self._slop_ns:

@@ -1,13 +1,9 @@
 """Speed benchmarks of the fusion engine and the model (no ROS import).
 
-Two studies, both used by ``cldyn bench`` and ``scripts/gpu_bench.sh``:
-
-- :func:`run_model_bench`: per-stage latency (p50/p90/p99), throughput and peak memory of
-  the engine for every (resolution, device, precision, task count, path) combination, with
-  the plain fp32 eager implementation measured in the same run as the baseline of every
-  speed-up ratio.
-- :func:`run_embed_study`: the effect of the reduced-resolution A2SI image embedding
-  (``embed_max_side``) on the fused luminance and on fusion metrics, next to its saving.
+:func:`run_model_bench` (used by ``cldyn bench`` and ``scripts/gpu_bench.sh``): per-stage
+latency (p50/p90/p99), throughput and peak memory of the engine for every (resolution,
+device, precision, task count, path) combination, with the plain fp32 eager implementation
+measured in the same run as the baseline of every speed-up ratio.
 
 Timings are wall-clock on whatever else the machine is doing: read them as ratios against
 the baseline measured in the same run, never as absolute limits.
@@ -49,10 +45,13 @@ def bench_model(seed: int = 0, tasks: int = 3, active: bool = True) -> LoadedMod
     model = CLDyN(CLDyNConfig())
     if active:
         gen = torch.Generator().manual_seed(seed + 1)
+        assert model.rsc is not None
         with torch.no_grad():
             for _, _, block in model.rsc.a2si_blocks():
+                bias = block.out.bias
+                assert bias is not None
                 block.out.weight.copy_(torch.randn(block.out.weight.shape, generator=gen))
-                block.out.bias.copy_(torch.randn(block.out.bias.shape, generator=gen) * 0.1)
+                bias.copy_(torch.randn(bias.shape, generator=gen) * 0.1)
     gen = torch.Generator().manual_seed(seed + 100)
     vectors = {f"task{i}": torch.randn(model.config.task_dim, generator=gen)
                for i in range(tasks)}
@@ -261,11 +260,11 @@ def _measure_interleaved(cases, loaded, iterations, warmup, threads, with_metric
     for i in range(iterations):
         if log:
             log(f"  round {i + 1}/{iterations}")
-        for k, r in enumerate(runners):
-            if isinstance(r, Exception):
+        for k, runner in enumerate(runners):
+            if isinstance(runner, Exception):
                 continue
             try:
-                r.frame()
+                runner.frame()
             except Exception as e:
                 runners[k] = e
     return [r if isinstance(r, Exception) else r.result() for r in runners]
@@ -378,168 +377,6 @@ def format_table(report: dict[str, Any]) -> str:
             f"| {ms(r, 'fuse')} | {ms(r, 'fuse', 'p99')} | {ms(r, 'download')} "
             f"| {ms(r, 'total')} | {ms(r, 'total', 'p90')} | {ms(r, 'total', 'p99')} "
             f"| {r['fps']:.2f} | {r['speedup']:.2f}x | {peak:.0f} |"
-        )
-    return "\n".join(lines)
-
-
-# ------------------------------------------------------------------ embedding study
-
-
-def _pairs_from_folder(root: Path, limit: int, size: tuple[int, int]):
-    import cv2
-
-    from ..imaging.io import find_pairs, read_color, read_thermal
-
-    listing = find_pairs(root / "ir", root / "vi")
-    h, w = size
-    for _, ir_path, vi_path in listing.pairs[:limit]:
-        ir = read_thermal(ir_path)
-        vi = read_color(vi_path)
-        ir = cv2.resize(ir, (w, h), interpolation=cv2.INTER_AREA)
-        vi = cv2.resize(vi, (w, h), interpolation=cv2.INTER_AREA)
-        yield Path(ir_path).stem, ir, vi
-
-
-def run_embed_study(
-    max_sides: Sequence[int] = (320, 256, 160, 128, 80),
-    size: tuple[int, int] = (512, 640),
-    data: str | os.PathLike | None = None,
-    limit: int = 8,
-    tasks: int = 2,
-    loaded: LoadedModel | None = None,
-    metrics: Sequence[str] = ("Qabf", "SSIM", "MI"),
-    log: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Compare compensated fusion with the image embedding at ``max_sides`` against the
-    full-resolution embedding, on real pairs (``data`` with ``ir/`` and ``vi/``, resized to
-    ``size``) or synthetic ones. Reports the max/mean absolute difference of the fused Y,
-    the share of branch selections that changed, the metric differences and the time of
-    one embedding."""
-    from ..inference.engine import FusionEngine
-    from ..metrics import fusion_metrics
-
-    loaded = loaded or bench_model(tasks=tasks)
-    names = loaded.task_names[:tasks]
-    if data is not None and Path(data).is_dir():
-        frames = list(_pairs_from_folder(Path(data), limit, size))
-        source = str(data)
-    else:
-        frames = [(f"synthetic{i}", *synthetic_frames(*size, seed=i)) for i in range(limit)]
-        source = "synthetic"
-    engines = {m: FusionEngine(loaded, device="cpu", embed_max_side=m, optimize=False)
-               for m in (0, *max_sides)}
-    rows: dict[int, dict[str, list[float]]] = {m: {} for m in max_sides}
-    ref_metrics: dict[str, list[float]] = {}
-    for name, thermal, color in frames:
-        if log:
-            log(f"pair {name}")
-        outs = {}
-        for m, engine in engines.items():
-            res = engine.fuse(thermal, color, [engine.request(n) for n in names])
-            outs[m] = res
-        ref = outs[0]
-        ref_vals = fusion_metrics(ref.fused_y, ref.ir.expand_as(ref.fused_y),
-                                  ref.vis_y.expand_as(ref.fused_y), metrics)
-        for k, v in ref_vals.items():
-            ref_metrics.setdefault(k, []).extend(v.tolist())
-        for m in max_sides:
-            d = (outs[m].fused_y - ref.fused_y).abs()
-            r = rows[m]
-            r.setdefault("max_abs", []).append(float(d.max()))
-            r.setdefault("mean_abs", []).append(float(d.mean()))
-            r.setdefault("pixels_over_1_255", []).append(float((d > 1 / 255).float().mean()))
-            vals = fusion_metrics(outs[m].fused_y, ref.ir.expand_as(ref.fused_y),
-                                  ref.vis_y.expand_as(ref.fused_y), metrics)
-            for k, v in vals.items():
-                r.setdefault(f"d{k}", []).extend((v - ref_vals[k]).abs().tolist())
-    # time of one image embedding at 640x512 (per modality), full vs reduced
-    block = loaded.model.rsc.block("ir", 0)
-    feat = torch.rand(1, loaded.model.config.channels, *size)
-    timing = {}
-    with torch.inference_mode():
-        for m in (0, *max_sides):
-            block.embed_image(feat, m)
-            t0 = time.perf_counter()
-            reps = 2 if m == 0 else 5
-            for _ in range(reps):
-                block.embed_image(feat, m)
-            timing[m] = (time.perf_counter() - t0) * 1000.0 / reps
-    selections = _selection_changes(loaded, frames, names, max_sides)
-    summary = []
-    for m in max_sides:
-        r = rows[m]
-        summary.append({
-            "embed_max_side": m,
-            "max_abs_y": max(r["max_abs"]),
-            "mean_abs_y": float(np.mean(r["mean_abs"])),
-            "pixels_over_1_255": float(np.mean(r["pixels_over_1_255"])),
-            **{k: float(np.max(v)) for k, v in r.items() if k.startswith("d")},
-            "selections_changed": selections[m][0],
-            "embedding_rel_error": selections[m][1],
-            "embed_ms": timing[m],
-            "embed_saving": timing[0] / timing[m] if timing[m] > 0 else None,
-        })
-    return {
-        "schema": SCHEMA_VERSION,
-        "kind": "embed_study",
-        "machine": machine_info(),
-        "source": source,
-        "pairs": len(frames),
-        "size": list(size),
-        "tasks": names,
-        "full_embed_ms": timing[0],
-        "reference_metrics_mean": {k: float(np.mean(v)) for k, v in ref_metrics.items()},
-        "rows": summary,
-    }
-
-
-def _selection_changes(loaded, frames, names, max_sides) -> dict[int, float]:
-    """Share of (frame, task, block, branch) configuration choices that differ from the
-    full-resolution embedding's."""
-    from ..inference.engine import FusionEngine
-
-    model = loaded.model
-    vectors = torch.stack([loaded.task_vectors[n] for n in names])
-    eng = FusionEngine(loaded, device="cpu", optimize=False)
-    changed = {m: [] for m in max_sides}
-    rel_err = {m: [] for m in max_sides}
-    with torch.inference_mode():
-        for _, thermal, color in frames:
-            ir, ycbcr = eng._preprocess(thermal, color, "rgb")
-            choices, embs = {}, {}
-            for m in (0, *max_sides):
-                picks, vecs = [], []
-                for modality, encoder, x in (("ir", model.vfn.encoder_ir, ir),
-                                             ("vis", model.vfn.encoder_vis, ycbcr[:, :1])):
-                    block = model.rsc.block(modality, 0)
-                    f = encoder.blocks[0](encoder.stem(x))
-                    emb = block.embed_image(f, m).expand(len(names), -1)
-                    vecs.append(emb[:1])
-                    gates, _ = block.select(emb, block.task_embed(vectors), model.rsc.bank())
-                    picks.append(gates.argmax(-1))
-                choices[m] = torch.cat(picks)
-                embs[m] = torch.cat(vecs)
-            for m in max_sides:
-                changed[m].append(float((choices[m] != choices[0]).float().mean()))
-                rel_err[m].append(float((embs[m] - embs[0]).norm() / embs[0].norm()))
-    return {m: (float(np.mean(changed[m])), float(np.mean(rel_err[m]))) for m in max_sides}
-
-
-def format_embed_table(study: dict[str, Any]) -> str:
-    metric_keys = [k for k in study["rows"][0] if k.startswith("d")] if study["rows"] else []
-    head = ("| embed max side | embedding ms (per modality) | saving | embedding rel. error "
-            "| max abs dY | mean abs dY | pixels > 1/255 | branch choices changed | "
-            + " | ".join(f"max abs {k}" for k in metric_keys) + " |")
-    lines = [head, "|" + "---|" * (8 + len(metric_keys))]
-    lines.append(f"| full ({study['size'][1]}x{study['size'][0]}) | {study['full_embed_ms']:.0f} "
-                 "| 1.0x | 0 | 0 | 0 | 0 | 0 | " + " | ".join("0" for _ in metric_keys) + " |")
-    for r in study["rows"]:
-        lines.append(
-            f"| {r['embed_max_side']} | {r['embed_ms']:.0f} | {r['embed_saving']:.1f}x "
-            f"| {r['embedding_rel_error']:.4f} | {r['max_abs_y']:.4f} | {r['mean_abs_y']:.5f} "
-            f"| {100 * r['pixels_over_1_255']:.2f}% "
-            f"| {100 * r['selections_changed']:.1f}% | "
-            + " | ".join(f"{r[k]:.4f}" for k in metric_keys) + " |"
         )
     return "\n".join(lines)
 

@@ -30,7 +30,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -39,8 +39,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..imaging.io import IMAGE_EXTENSIONS, read_color, read_thermal
-from ..imaging.thermal import ThermalNormalizer
-from ..inference.engine import thermal_to_unit
+from ..imaging.registration import Registration
+from ..imaging.thermal import ThermalNormalizer, thermal_to_unit
 
 __all__ = [
     "SELF_SUPERVISED",
@@ -114,8 +114,8 @@ class TaskData:
         ir_np = thermal_to_unit(read_thermal(item.ir), ThermalNormalizer())
         rgb_np = read_color(item.vis)
         h, w = rgb_np.shape[:2]
-        if ir_np.shape != (h, w):
-            ir_np = cv2.resize(ir_np, (w, h), interpolation=cv2.INTER_LINEAR)
+        if ir_np.shape != (h, w):  # as the engine resizes frames of another size
+            ir_np = Registration()(ir_np, (h, w))
         rgb_f = rgb_np.astype(np.float32) / 255.0
         if self.kind == "boxes":
             label = torch.as_tensor(np.asarray(item.label, np.float32).reshape(-1, 5))
@@ -294,7 +294,7 @@ def read_m3fd(root: str | Path, split: str | Path | None = None, preload: bool =
     ir = _subdir(root, ("ir", "infrared", "ir_images"), "infrared")
     vi = _subdir(root, ("vis", "vi", "visible", "rgb"), "visible")
     lb = _subdir(root, ("labels", "label", "yolo_labels"), "YOLO labels")
-    items = [Item(s, a, b, _read_yolo_txt(c))
+    items = [Item(s, a, b, _read_yolo_txt(cast(Path, c)))  # label_dir given: never None
              for s, a, b, c in _matched(ir, vi, lb, (".txt",), _names_from(split))]
     return TaskData("m3fd", items, kind="boxes", preload=preload,
                     source={"layout": "m3fd-yolo", "root": str(root)})
@@ -350,8 +350,8 @@ def visible_edges_label(ir: np.ndarray, rgb: np.ndarray, low: int = 60, high: in
     0/1."""
     del ir
     y = (rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114) * 255.0
-    y = cv2.GaussianBlur(np.clip(y, 0, 255).astype(np.uint8), (0, 0), 1.0)
-    edges = cv2.Canny(y, low, high)
+    y8 = cv2.GaussianBlur(np.clip(y, 0, 255).astype(np.uint8), (0, 0), 1.0)
+    edges = cv2.Canny(y8, low, high)
     edges = cv2.dilate(edges, np.ones((2, 2), np.uint8))
     return (edges > 0).astype(np.float32)
 

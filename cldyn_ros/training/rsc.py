@@ -284,6 +284,7 @@ def deployment_vectors(loop: Loop, config: RSCTrainConfig) -> dict[str, Tensor]:
                 v = loop.adapters[task.name](pooled).float().sum(0)
                 total = v if total is None else total + v
                 count += pooled.shape[0]
+            assert isinstance(total, Tensor), "no batch"
             out[task.name] = (total / count).cpu()
     finally:
         loop.train(was_training)

@@ -150,7 +150,7 @@ class TaskNetwork:
     name: str
     module: nn.Module
     feature_layer: str
-    loss: Callable[[Any, Tensor], Tensor] | str
+    loss: Callable[[Any, Any], Tensor] | str
     channels: int = 3
     mean: Sequence[float] | None = None
     std: Sequence[float] | None = None
@@ -275,7 +275,7 @@ def from_import_path(
     name: str,
     factory: str,
     feature_layer: str,
-    loss: str | Callable[[Any, Tensor], Tensor],
+    loss: str | Callable[[Any, Any], Tensor],
     weights: str | Path | None = None,
     kwargs: Mapping[str, Any] | None = None,
     channels: int = 3,

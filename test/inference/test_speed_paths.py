@@ -22,8 +22,8 @@ from cldyn_ros.inference.engine import (
     thermal_limits_torch,
     thermal_to_unit,
 )
+from cldyn_ros.inference.fast import FastAttentionFusion, inference_copy
 from cldyn_ros.model import CLDyN, CLDyNConfig
-from cldyn_ros.model.cldyn import FastAttentionFusion
 from cldyn_ros.model.rsc import A2SI, dynamic_conv, dynamic_conv_unfolded, embed_pool_factor
 
 H, W = 31, 45
@@ -41,7 +41,7 @@ def _tasks(t: int, seed: int = 3) -> torch.Tensor:
 @pytest.mark.parametrize(("h", "w"), [(31, 45), (5, 6), (64, 80)])
 def test_fuse_for_inference_equals_the_plain_model(h, w):
     model = make_model()
-    fast = model.fuse_for_inference()
+    fast = inference_copy(model)
     ir, vis = random_inputs(2, h, w)
     with torch.no_grad():
         torch.testing.assert_close(fast(ir, vis), model(ir, vis), **TOL)
@@ -53,7 +53,7 @@ def test_fuse_for_inference_equals_the_plain_model(h, w):
 def test_fuse_for_inference_folds_every_batch_norm_and_leaves_the_original():
     model = make_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    fast = model.fuse_for_inference()
+    fast = inference_copy(model)
     remaining = [n for n, m in fast.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
     # only the A2SI norms after the dynamic convolutions remain (no conv to fold them into)
     assert all(n.endswith(".norm") for n in remaining)
@@ -73,11 +73,11 @@ def test_fast_attention_with_trained_batch_norm_statistics():
             m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
     ir, vis = random_inputs(1, H, W)
     with torch.no_grad():
-        torch.testing.assert_close(model.fuse_for_inference()(ir, vis), model(ir, vis), **TOL)
+        torch.testing.assert_close(inference_copy(model)(ir, vis), model(ir, vis), **TOL)
 
 
 def test_channels_last_gives_the_same_output():
-    model = make_model().fuse_for_inference()
+    model = inference_copy(make_model())
     ir, vis = random_inputs(1, H, W)
     cl = [x.contiguous(memory_format=torch.channels_last) for x in (ir, vis)]
     with torch.no_grad():
@@ -438,7 +438,7 @@ def test_replace_keeps_dataclass_config_frozen():
 @pytest.mark.parametrize("size", [(4, 4), (5, 5), (6, 9), (31, 40)])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_reflect_conv_without_padded_copy_equals_reflect_padding(dilation, size, channels_last):
-    from cldyn_ros.model.cldyn import ReflectConv2d
+    from cldyn_ros.inference.fast import ReflectConv2d
 
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(5, 7, 3, padding=dilation, dilation=dilation,

@@ -89,3 +89,22 @@ def test_eval_images_cli_writes_tables(pairs, tmp_path, capsys):
     assert "unknown metric(s) ['BOGUS']" in capsys.readouterr().err
     assert main(["eval", "images", "--ir", str(ir_dir), "--vi", str(vi_dir), "--fused",
                  "nodir"]) == 2
+
+
+@pytest.mark.parametrize("factor", [0.5, 2.0])  # thermal larger, then smaller than colour
+def test_evaluation_and_training_resize_thermal_frames_as_the_engine(tmp_path: Path,
+                                                                    factor: float) -> None:
+    import cv2
+
+    from cldyn_ros.offline.evaluation import load_pair
+
+    pair = generate_pairs(1, seed=4, height=48, width=64)[0]
+    small = cv2.resize(pair.ir, None, fx=1 / factor, fy=1 / factor,
+                       interpolation=cv2.INTER_NEAREST)
+    write_image(tmp_path / "ir.png", small)
+    write_image(tmp_path / "vi.png", pair.vis)
+    ir, _ = load_pair(tmp_path / "ir.png", tmp_path / "vi.png")
+    engine = FusionEngine(make_loaded(), device="cpu")
+    result = engine.fuse(read_thermal(tmp_path / "ir.png"), read_color(tmp_path / "vi.png"))
+    assert ir.shape == result.ir.shape == (1, 1, 48, 64)
+    assert np.array_equal(ir.numpy(), result.ir.cpu().numpy())

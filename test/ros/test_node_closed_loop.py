@@ -80,7 +80,7 @@ def test_controller_finds_and_holds_the_peak(ros, model_path):
     tail = strengths[-10:]
     assert all(abs(s - PEAK) <= 0.1 for s in tail), tail
     assert float(values["controller_accepted_strength"]) == pytest.approx(PEAK, abs=0.06)
-    assert node._feedback["received"] >= updates
+    assert node.pipeline.feedback_counts["received"] >= updates
     # Turned off, the strength is the parameter again.
     assert h.set_params({"adaptive_strength": False})[0].successful
     stamp = h.send_pair(thermal, colour)
@@ -105,6 +105,6 @@ def test_feedback_for_unknown_frames_and_tasks_is_counted(ros, model_path):
         DiagnosticStatus(name="detection", values=[KeyValue(key="score", value="high")]),
     ]
     pub.publish(msg)
-    h.wait_for(lambda: node._feedback["received"] == 3)
-    assert node._feedback == {"received": 3, "unknown_frame": 1, "unknown_task": 1,
+    h.wait_for(lambda: node.pipeline.feedback_counts["received"] == 3)
+    assert node.pipeline.feedback_counts == {"received": 3, "unknown_frame": 1, "unknown_task": 1,
                               "invalid": 1}

@@ -32,16 +32,13 @@ def _start(*ros_args: str) -> tuple[subprocess.Popen, list[str], threading.Event
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     lines: list[str] = []
-    ready = threading.Event()
 
     def read():
         for line in process.stdout:
             lines.append(line)
-            if "ready: model" in line:
-                ready.set()
 
     threading.Thread(target=read, daemon=True).start()
-    return process, lines, ready
+    return process, lines
 
 
 def _finish(process: subprocess.Popen, timeout: float = 60) -> int:
@@ -54,17 +51,21 @@ def _finish(process: subprocess.Popen, timeout: float = 60) -> int:
 
 
 def test_start_serve_and_ctrl_c(ros, model_path):
-    process, lines, ready = _start(
+    process, lines = _start(
         "--params-file", str(REPO / "config" / "fusion.yaml"),
         "-p", f"model_path:={model_path}", "-p", "threads:=1", "-p", "task:=detection",
     )
     try:
-        assert ready.wait(90), "node did not start:\n" + "".join(lines)
+        from cldyn_ros.ros.node import ready_service, wait_for_service
+
+        # ready once its ready service is in the ROS graph
+        assert wait_for_service(ready_service(), 90, alive=lambda: process.poll() is None), (
+            "node did not start:\n" + "".join(lines))
         h = ros.harness()
         h.wait_connected()
         thermal, colour = sample_frames()
         fused = h.fuse(thermal, colour)
-        assert fused.encoding == "rgb8"  # from config/fusion.yaml
+        assert fused.encoding == "rgb8"  # the default output_encoding
         # Keep frames flowing while Ctrl-C arrives.
         stop = threading.Event()
 
@@ -100,7 +101,7 @@ def test_start_serve_and_ctrl_c(ros, model_path):
 )
 def test_cannot_start_exits_non_zero_with_the_reason(model_path, args, message):
     full = ("-p", f"model_path:={model_path}", *args)
-    process, lines, _ = _start(*full)
+    process, lines = _start(*full)
     code = _finish(process)
     output = "".join(lines)
     assert code == 1, output

@@ -101,7 +101,7 @@ def test_bad_input_is_reported_and_the_next_good_pair_fused(ros, model_path):
     values = status_values(find_status(h.metrics_with_stamp(stamp), "task: none"))
     for name in ("EN", "SD", "SF", "AG", "MI", "Qabf"):
         assert np.isfinite(float(values[name])), (name, values[name])
-    assert node._input_errors >= 6
+    assert node.pipeline.input_errors >= 6
     h.fuse(thermal, colour)
 
     # The periodic report recovers to OK once only good frames arrive.
@@ -137,7 +137,7 @@ def test_fusion_failure_is_reported_and_the_node_keeps_serving(ros, model_path):
     status = _expect_error(h, lambda: h.send_pair(thermal, colour), "fusion failed", "memory")
     assert "CUDA out of memory" in status.message
     h.fuse(thermal, colour)
-    assert node._fusion_errors == 1 and node.worker.errors == 0
+    assert node.pipeline.fusion_errors == 1 and node.worker.errors == 0
 
 
 FLOOD = Path(__file__).with_name("flood_publisher.py")
@@ -175,8 +175,8 @@ def test_overload_drops_frames_and_latency_does_not_grow(ros, model_path):
     def watch():
         n = 0
         while not stop.is_set():
-            pending_max[0] = max(pending_max[0], node._pairer.pending_color)
-            pending_max[1] = max(pending_max[1], node._pairer.pending_thermal)
+            pending_max[0] = max(pending_max[0], node.pipeline.pending[0])
+            pending_max[1] = max(pending_max[1], node.pipeline.pending[1])
             if n % 100 == 0:
                 rss.append(_rss_mb())
             n += 1

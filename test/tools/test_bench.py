@@ -19,10 +19,8 @@ from cldyn_ros.cli import main
 from cldyn_ros.tools.bench import (
     STAGES,
     bench_model,
-    format_embed_table,
     format_table,
     percentiles,
-    run_embed_study,
     run_model_bench,
     synthetic_frames,
 )
@@ -106,19 +104,6 @@ def test_synthetic_frames_are_raw_thermal_and_rgb():
     thermal, color = synthetic_frames(20, 30)
     assert thermal.dtype.name == "uint16" and thermal.shape == (20, 30)
     assert color.dtype.name == "uint8" and color.shape == (20, 30, 3)
-
-
-def test_embed_study_schema():
-    study = run_embed_study(max_sides=(16, 8), size=(40, 48), limit=2, tasks=1,
-                            loaded=bench_model(tasks=1), metrics=("Qabf",))
-    assert study["kind"] == "embed_study" and study["pairs"] == 2
-    assert [r["embed_max_side"] for r in study["rows"]] == [16, 8]
-    for r in study["rows"]:
-        assert {"max_abs_y", "mean_abs_y", "dQabf", "selections_changed", "embed_ms",
-                "embed_saving", "embedding_rel_error"} <= set(r)
-        assert 0 <= r["mean_abs_y"] <= r["max_abs_y"] <= 1
-        assert 0 <= r["selections_changed"] <= 1
-    assert "saving" in format_embed_table(study)
 
 
 def test_cli_bench_writes_json_and_markdown(tmp_path, capsys):

@@ -1,0 +1,143 @@
+"""The ROS-free frame pipeline: pairing session, strengths, fusion, metrics, health."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from helpers import make_loaded, random_pair
+
+from cldyn_ros.inference.engine import FusionEngine
+from cldyn_ros.streams.pairing import Frame
+from cldyn_ros.streams.pipeline import FramePipeline, InputImage
+from cldyn_ros.streams.settings import FusionSettings
+
+MS = 1_000_000
+T0 = 1_000_000_000_000
+
+
+def settings(**changes: object) -> FusionSettings:
+    values = dict(FusionSettings().values(), **changes)
+    return FusionSettings.from_values(values, ["none", "detection", "segmentation"])
+
+
+@pytest.fixture
+def engine() -> FusionEngine:
+    return FusionEngine(make_loaded(), device="cpu")
+
+
+def frames(stamp_ns: int, seed: int = 0, encoding: str = "rgb8") -> tuple[Frame, Frame]:
+    thermal, color = random_pair(24, 32, seed)
+    if encoding == "bgr8":
+        color = np.ascontiguousarray(color[..., ::-1])
+    return (Frame(stamp_ns, InputImage(thermal, "mono8"), "ir", stamp_ns),
+            Frame(stamp_ns, InputImage(color, encoding, header=seed), "cam", stamp_ns))
+
+
+def run(pipeline: FramePipeline, stamp_ns: int, seed: int = 0, encoding: str = "rgb8"):
+    thermal, color = frames(stamp_ns, seed, encoding)
+    pairs = pipeline.add("thermal", thermal) + pipeline.add("color", color)
+    pairs += pipeline.add("thermal", frames(stamp_ns + 5 * MS, seed)[0])  # decides the colour
+    assert len(pairs) == 1
+    out = pipeline.fuse(pairs[0])
+    assert out is not None
+    return out, pipeline.finish(out, stamp_ns, stamp_ns, stamp_ns, {"dropped": 0})
+
+
+def test_outputs_are_the_engines_in_the_output_encoding(engine: FusionEngine) -> None:
+    pipeline = FramePipeline(engine, settings(task="detection", compensation_strength=0.6))
+    out, _ = run(pipeline, T0)
+    thermal, color = random_pair(24, 32, 0)
+    reference = FusionEngine(make_loaded(), device="cpu",
+                             normalizer=settings().thermal_normalizer())
+    want = reference.fuse(thermal, color, [reference.request("detection", 0.6, "fused")])
+    np.testing.assert_array_equal(out.images["fused"], want.images["fused"])
+    # bgr8 out from an rgb8 input: channels reversed; bgr8 in and out: as the engine renders
+    pipeline.update(settings(task="detection", compensation_strength=0.6,
+                             output_encoding="bgr8"))
+    out, _ = run(pipeline, T0 + 100 * MS)
+    np.testing.assert_array_equal(out.images["fused"], want.images["fused"][..., ::-1])
+    out, _ = run(pipeline, T0 + 200 * MS, encoding="bgr8")
+    np.testing.assert_array_equal(out.images["fused"], out.result.images["fused"])
+
+
+def test_multi_task_outputs_and_statuses(engine: FusionEngine) -> None:
+    pipeline = FramePipeline(engine, settings(tasks=["none", "segmentation"],
+                                              metrics_every_n=2), name="fusion")
+    _, statuses = run(pipeline, T0)
+    assert [s.name for s in statuses] == ["fusion: frame", "task: none", "task: segmentation"]
+    assert dict(statuses[0].values)["metrics_computed"] is False
+    out, statuses = run(pipeline, T0 + 100 * MS)
+    assert set(out.images) == {"none", "segmentation"}
+    frame = dict(statuses[0].values)
+    assert frame["frame"] == 2 and frame["metrics_computed"] is True
+    assert frame["pairing_pairs"] == 2
+    task = dict(statuses[2].values)
+    assert task["topic"] == "fused/segmentation/image" and task["strength"] == 1.0
+    assert {"EN", "SD", "SF", "AG", "MI", "Qabf"} <= set(task)
+    assert dict(statuses[1].values)["strength"] == 0.0
+
+
+def test_time_jump_restarts_pairing_and_keeps_counting(engine: FusionEngine) -> None:
+    events: list[str] = []
+    pipeline = FramePipeline(engine, settings(), on_info=events.append)
+    run(pipeline, T0)
+    run(pipeline, T0 - 10_000 * MS)  # a bag loop: stamps 10 s back
+    assert any("stamps jumped back by" in e and "pairing restarts" in e for e in events)
+    assert pipeline.pairing_stats()["pairs"] == 2
+    # a new pairer (other slop) keeps the counts of the old one
+    pipeline.update(settings(slop=0.01))
+    run(pipeline, T0)
+    assert pipeline.pairing_stats()["pairs"] == 3
+
+
+def test_closed_loop_feedback_moves_the_strength(engine: FusionEngine) -> None:
+    pipeline = FramePipeline(engine, settings(task="detection", adaptive_strength=True,
+                                              compensation_strength=0.5, adaptive_step=0.1))
+    out, _ = run(pipeline, T0)
+    assert out.strengths == {"detection": 0.5}
+    pipeline.feedback(T0, [("detection", [("score", "0.7")]), ("bogus", [("score", "1")]),
+                           ("detection", [("score", "nan")])])
+    pipeline.feedback(T0 + 1, [("detection", [("score", "0.7")])])
+    assert pipeline.feedback_counts == {"received": 4, "unknown_frame": 1, "unknown_task": 1,
+                                        "invalid": 1}
+    out, statuses = run(pipeline, T0 + 100 * MS)
+    assert out.strengths["detection"] != 0.5  # the controller tried a step
+    task = dict(statuses[1].values)
+    assert task["controller_scores_fed"] == 1
+    # a score for the first frame again: fused before the controller moved, so stale
+    pipeline.feedback(T0, [("detection", [("score", "0.9")])])
+    _, statuses = run(pipeline, T0 + 200 * MS)
+    assert dict(statuses[1].values)["controller_scores_stale"] == 1
+    # changing the loop's settings restarts the controllers
+    pipeline.update(dataclasses.replace(pipeline.settings, adaptive_step=0.2))
+    out, _ = run(pipeline, T0 + 300 * MS)
+    assert out.strengths == {"detection": 0.5}
+
+
+def test_errors_and_health(engine: FusionEngine) -> None:
+    errors: list[tuple[str, bool]] = []
+    pipeline = FramePipeline(engine, settings(), name="fusion",
+                             on_error=lambda r, now: errors.append((r, now)))
+    assert pipeline.health_status(1.0, 0).message == "waiting for thermal and colour images"
+    thermal, color = frames(T0)
+    bad = Frame(T0, InputImage(np.zeros((24, 32, 2), np.uint8), "rgb8"), "cam", T0)
+    pairs = pipeline.add("thermal", thermal) + pipeline.add("color", bad)
+    pairs += pipeline.add("thermal", frames(T0 + 5 * MS)[0])
+    pipeline.received(3)
+    assert pipeline.fuse(pairs[0]) is None
+    assert pipeline.input_errors == 1 and errors[0][1] is True
+    assert errors[0][0].startswith("frame pair rejected:")
+    status = pipeline.health_status(1.0, 0)
+    assert status.level == "ERROR" and "1 input error(s)" in status.message
+    assert dict(status.values)["received"] == 3
+    # a constant frame is fused, and reported
+    flat = Frame(T0 + 100 * MS, InputImage(np.full((24, 32), 7, np.uint8), "mono8"), "ir", 0)
+    pairs = pipeline.add("thermal", flat) + pipeline.add("color", frames(T0 + 100 * MS)[1])
+    pairs += pipeline.add("thermal", frames(T0 + 105 * MS)[0])
+    assert pipeline.fuse(pairs[0]) is not None
+    assert "thermal frame is constant (every pixel 7)" in pipeline.last_error
+    pipeline.warnings.append("a standing warning")
+    assert pipeline.health_status(1.0, 0).level == "ERROR"
+    assert pipeline.health_status(1.0, 0).level == "WARN"  # errors are per window
