@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from .. import __version__
-from ..inference.engine import FusionEngine, InputError
+from ..inference.engine import DeviceError, FusionEngine, InputError
 from ..metrics import METRIC_NAMES, fusion_metrics
 from ..model import rgb_to_ycbcr
 from ..streams.pairing import ApproximateTimePairer, Frame, Pair
@@ -315,7 +315,7 @@ def evaluate_bag(
             t0 = time.perf_counter()
             try:
                 result = engine.fuse(thermal.image, color.image, requests, color_order=order)
-            except InputError as e:
+            except (InputError, DeviceError) as e:  # the next pair may fit again
                 fusion_errors += 1
                 if fusion_errors <= 5:
                     warnings.append(f"pair at {pair.color.stamp_ns} ns not fused: {e}")

@@ -591,7 +591,7 @@ class FusionNode(Node):
         self.worker.start()
         self.get_logger().info(
             f"ready: model {self.engine.loaded.path} on {self.engine.device} "
-            f"({self.engine.precision}); tasks {self.engine.task_names}; "
+            f"(precision {self.engine.precision}); tasks {self.engine.task_names}; "
             f"output {s.active_label}"
         )
 
@@ -1110,6 +1110,7 @@ class FusionNode(Node):
                               message=message, hardware_id=str(self.engine.device))
         st.values = [
             _kv("model", self.engine.loaded.path),
+            _kv("precision", self.engine.precision),
             _kv("active_task", s.active_label),
             _kv("compensation_strength", s.strength),
             _kv("adaptive_strength", s.adaptive),
