@@ -368,7 +368,7 @@ def evaluate_bag(
             else:
                 handle(pairer.add_color(frame), log_ns)
     except BagError as e:
-        warnings.append(f"{e}; the report covers the messages before the damage")
+        warnings.append(f"{e}; the report covers every intact message")
     finally:
         progress.close()
     handle(pairer.flush(), last_log)
