@@ -18,7 +18,10 @@ gaps (a camera dropping out).
 from __future__ import annotations
 
 import collections
+import contextlib
+import logging
 import math
+import os
 import shutil
 import struct
 from collections.abc import Iterable, Iterator, Sequence
@@ -55,6 +58,7 @@ STORAGES = ("mcap", "sqlite3")
 #: Distros whose message definitions the writer can use, and the metadata version written.
 DISTROS = {"humble": 8, "jazzy": 8, "kilted": 9}
 _NS = 1_000_000_000
+log = logging.getLogger(__name__)
 #: Default start of generated streams: 2024-01-01T00:00:00Z (a plausible sensor clock).
 DEFAULT_START_NS = 1_704_067_200 * _NS
 
@@ -587,17 +591,25 @@ def image_message(typestore: Any, image: np.ndarray, encoding: str, stamp_ns: in
 
 
 class ImageBagWriter:
-    """Write a rosbag2 bag (context manager).
+    """Write a rosbag2 bag (context manager), all or nothing.
+
+    The bag is written into a hidden staging folder next to ``path``
+    (``.<name>.partial-*``) and moved to ``path`` only when it is complete (:meth:`close`);
+    an exception or Ctrl-C inside the ``with`` block (or :meth:`abort`) removes the staging
+    folder and logs that the bag was not written, so ``path`` never holds a half-written
+    bag. (A process killed outright can leave the hidden staging folder, never ``path``.)
 
     Args:
         path: the bag folder to create (must not exist unless ``overwrite``).
         storage: ``mcap`` or ``sqlite3``.
         distro: ``humble``, ``jazzy`` or ``kilted``: message definitions and metadata version.
-        overwrite: delete an existing bag folder at ``path`` first.
+        overwrite: replace an existing bag folder at ``path`` (when the new one is complete).
     """
 
     def __init__(self, path: str | Path, storage: str = "mcap", distro: str = "kilted",
                  overwrite: bool = False) -> None:
+        import tempfile
+
         from rosbags.rosbag2 import StoragePlugin, Writer
 
         if storage not in STORAGES:
@@ -608,28 +620,73 @@ class ImageBagWriter:
                 raise BagError(f"'{self.path}' already exists (rosbag2 writes a new folder)")
             if not (self.path / "metadata.yaml").exists() and any(self.path.iterdir()):
                 raise BagError(f"refusing to overwrite '{self.path}': not a bag folder")
-            shutil.rmtree(self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.typestore = typestore_for(distro)
         self.distro = distro
         self.storage = storage
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.partial-",
+                                                  dir=self.path.parent))
+        except OSError as e:
+            raise BagError(f"cannot create bag '{self.path}': {_reason(e)}") from None
         plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
-        self._writer = Writer(self.path, version=DISTROS[distro], storage_plugin=plugin)
+        # The bag folder inside the staging folder has the final name (rosbag2 names the
+        # storage file after its folder), so moving it changes nothing inside.
+        self._writer = Writer(self._staging / self.path.name, version=DISTROS[distro],
+                              storage_plugin=plugin)
         self._conns: dict[str, Any] = {}
         self.counts: dict[str, int] = {}
+        self._opened = False
+        self._finished = False
 
     def __enter__(self) -> ImageBagWriter:
         try:
             self._writer.open()
         except Exception as e:
+            self.abort()
             raise BagError(f"cannot create bag '{self.path}': {_reason(e)}") from None
+        self._opened = True
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
     def close(self) -> None:
-        self._writer.close()
+        """Finish the bag and move it to ``path`` (replacing an old bag there)."""
+        if self._finished:
+            return
+        try:
+            self._writer.close()
+            staged, replaced = self._staging / self.path.name, None
+            if self.path.exists():
+                replaced = self._staging / "replaced"
+                os.replace(self.path, replaced)
+            try:
+                os.replace(staged, self.path)
+            except BaseException:
+                if replaced is not None:  # put the old bag back
+                    os.replace(replaced, self.path)
+                raise
+        except BaseException:
+            self.abort()
+            raise
+        self._finished = True
+        shutil.rmtree(self._staging, ignore_errors=True)
+
+    def abort(self) -> None:
+        """Discard the bag being written (``path`` is left as it was). Idempotent."""
+        if self._finished:
+            return
+        self._finished = True
+        if self._opened:
+            with contextlib.suppress(Exception):
+                self._writer.abort()
+        shutil.rmtree(self._staging, ignore_errors=True)
+        log.warning("bag '%s' was not written: stopped before it was complete (the partial "
+                    "bag was removed)", self.path)
 
     def add_topic(self, topic: str, msgtype: str = IMAGE_TYPE) -> Any:
         """Declare a topic (once; later calls return the same connection)."""

@@ -413,3 +413,38 @@ def test_rclpy_reads_the_output_bag(small_bag: Path, engine: FusionEngine,
     for raw in fused:
         msg = serialization.deserialize_message(raw, sensor_msgs.Image)
         assert msg.encoding == "rgb8" and image_to_numpy(msg).shape == (H, W, 3)
+
+
+def test_a_crash_mid_evaluation_leaves_no_output_bag(tmp_path: Path, monkeypatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A bug raised inside the fusion loop: no half-written output bag, an old complete one
+    stays as it was, and the log says the bag was not written."""
+    bag = make_bag(tmp_path / "in", 1.0, "sqlite3", rgb_rate=10, thermal_rate=10)
+    engine = FusionEngine(make_loaded(), device="cpu")
+    out = tmp_path / "ev"
+    settings = BagEvalSettings(tasks=("none",), metrics=(), write_bag=True, progress=False)
+    first = evaluate_bag(bag, engine, settings, out)
+    old = {p.name: p.stat().st_size for p in (out / "fused_bag").iterdir()}
+    assert first["output_bag"]["topics"]["/fused/none/image"] == 10
+    real_fuse = engine.fuse
+    calls = []
+
+    def fuse_then_crash(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyError("a bug")
+        return real_fuse(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "fuse", fuse_then_crash)
+    with pytest.raises(KeyError):
+        evaluate_bag(bag, engine, settings, out)
+    assert {p.name: p.stat().st_size for p in (out / "fused_bag").iterdir()} == old
+    assert [p.name for p in out.iterdir() if ".partial-" in p.name] == []
+    assert "was not written" in caplog.text
+    # Without an old bag, nothing appears at all.
+    fresh = tmp_path / "ev2"
+    calls.clear()
+    with pytest.raises(KeyError):
+        evaluate_bag(bag, engine, settings, fresh)
+    assert not (fresh / "fused_bag").exists()
+    assert [p.name for p in fresh.iterdir() if ".partial-" in p.name] == []

@@ -370,3 +370,72 @@ def test_corrupt_mcap_chunk_costs_only_that_chunk(tmp_path: Path) -> None:
             got.append((topic, log_ns))
     assert len(set(got)) == len(got) and set(got) < set(intact)
     assert got[-1] == intact[-1], "the chunk after the damage was not read"
+
+
+# ------------------------------------------------------------------ output bags: all or nothing
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_a_crash_while_writing_leaves_no_bag(tmp_path: Path, storage: str,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    def frames_then_crash():
+        for n, item in enumerate(synthetic_stream(1.0, StreamSpec(), H, W)):
+            if n == 20:
+                raise RuntimeError("camera driver crashed")
+            yield item
+
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="camera driver crashed"):
+        write_stream(out, frames_then_crash(), storage=storage)
+    assert list(tmp_path.iterdir()) == []  # neither the bag nor its staging folder
+    assert f"bag '{out}' was not written" in caplog.text
+    # An existing bag is replaced only by a complete one.
+    make_bag(out, 0.2, storage, rgb_rate=10, thermal_rate=10)
+    before = [(r.topic, r.stamp_ns) for r in read_images(out, TOPICS)]
+    with pytest.raises(RuntimeError):
+        write_stream(out, frames_then_crash(), storage=storage, overwrite=True)
+    assert [(r.topic, r.stamp_ns) for r in read_images(out, TOPICS)] == before
+    assert bag_info(out).damaged is None
+    counts = write_stream(out, synthetic_stream(0.5, StreamSpec(), H, W), storage=storage,
+                          overwrite=True)
+    assert bag_info(out).message_count == sum(counts.values()) != len(before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert next(p for p in out.iterdir() if p.suffix != ".yaml").stem == "out"
+
+
+def test_ctrl_c_during_bag_from_images_leaves_no_bag(tmp_path: Path) -> None:
+    """SIGINT to a real `cldyn bag from-images` run while it writes: exit 130, the target
+    does not exist, the staging folder is gone, and stderr says so."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    repo = Path(__file__).resolve().parents[2]
+    out = tmp_path / "drive"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cldyn_ros.cli", "bag", "from-images", "--synthetic", "600",
+         "--out", str(out), "--no-progress"],
+        cwd=repo, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        staged = []
+        while time.monotonic() < deadline and proc.poll() is None:
+            staged = [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+            if staged and any(f.stat().st_size > 0 for f in staged[0].rglob("*.mcap")):
+                break
+            time.sleep(0.05)
+        assert staged, "the writer never started"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "was not written" in err, err
+    assert "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []
