@@ -69,6 +69,7 @@ from ..streams.image_msgs import (
     stamp_to_ns,
 )
 from ..streams.pairing import ApproximateTimePairer, Frame, Pair, PairingStats
+from ..streams.rejections import RejectionCounter
 from ..streams.worker import LatestPairWorker
 
 try:  # ROS 2 message_filters: optional (not installable from PyPI)
@@ -547,6 +548,7 @@ class FusionNode(Node):
         self._input_errors = 0
         self._fusion_errors = 0
         self._feedback = {"received": 0, "unknown_frame": 0, "unknown_task": 0, "invalid": 0}
+        self._rejections = RejectionCounter()  # every rejected input, by cause
         self._health = _Health()
         self._ever_received = False
         self._last_error_report = 0.0
@@ -715,11 +717,13 @@ class FusionNode(Node):
             try:
                 settings = settings_from_values(values, self.engine.task_names)
             except ValueError as e:
+                self._rejections.add("parameters")
                 return SetParametersResult(successful=False, reason=str(e))
             old = self._settings
             if self._synchronizer is not None and (
                 (settings.slop, settings.queue_size) != (old.slop, old.queue_size)
             ):
+                self._rejections.add("parameters")
                 return SetParametersResult(
                     successful=False,
                     reason="slop and queue_size are fixed while use_message_filters is on",
@@ -785,13 +789,14 @@ class FusionNode(Node):
         name = "thermal" if role == "thermal" else "colour"
         if msg.encoding not in allowed:
             self._input_error(
-                f"{name} image rejected: encoding '{msg.encoding}' is not one of {list(allowed)}"
+                f"{name} image rejected: encoding '{msg.encoding}' is not one of {list(allowed)}",
+                f"{name}_encoding",
             )
             return None
         try:
             array = image_to_numpy(msg)
         except ImageMessageError as e:
-            self._input_error(f"{name} image rejected: {e}")
+            self._input_error(f"{name} image rejected: {e}", f"{name}_{e.kind}")
             return None
         return _Image(array, msg.encoding, msg.header)
 
@@ -890,17 +895,17 @@ class FusionNode(Node):
         warnings = []
         for name, image in (("thermal", thermal), ("colour", color)):
             if _constant(image.array):
-                warnings.append(
+                warnings.append((
                     f"{name} frame is constant (every pixel {image.array.flat[0]}): "
-                    "no usable image information (sensor covered, failed or not started?)"
-                )
+                    "no usable image information (sensor covered, failed or not started?)",
+                    f"{name}_constant"))
         try:
             result = self.engine.fuse(
                 thermal.array, color.array, self._requests(s, strengths),
                 color_order="bgr" if color.encoding == "bgr8" else "rgb",
             )
         except InputError as e:
-            self._input_error(f"frame pair rejected: {e}")
+            self._input_error(f"frame pair rejected: {e}", "pair_invalid")
             return
         except TaskError as e:
             self._error("fusion", f"task request failed: {e}")
@@ -910,8 +915,8 @@ class FusionNode(Node):
                 torch.cuda.empty_cache()
             self._error("fusion", f"fusion failed: {_first_line(e)}")
             return
-        for text in warnings:
-            self._input_error(text)  # fused anyway (finite output), but reported
+        for text, cause in warnings:
+            self._input_error(text, cause)  # fused anyway (finite output), but reported
         want = "bgr" if s.output_encoding == "bgr8" else "rgb"
         header = color.header
         with self._publish_lock:
@@ -1053,6 +1058,7 @@ class FusionNode(Node):
                 task = status.name
                 if task not in self.engine.task_vectors:
                     self._feedback["unknown_task"] += 1
+                    self._rejections.add("feedback_unknown_task")
                     continue
                 score = None
                 for kv in status.values:
@@ -1063,9 +1069,11 @@ class FusionNode(Node):
                             score = None
                 if score is None or not math.isfinite(score):
                     self._feedback["invalid"] += 1
+                    self._rejections.add("feedback_invalid")
                     continue
                 if used is None or task not in used:
                     self._feedback["unknown_frame"] += 1
+                    self._rejections.add("feedback_unknown_frame")
                     continue
                 if not s.adaptive:
                     continue
@@ -1080,7 +1088,8 @@ class FusionNode(Node):
                     loop.controller.update(mean)
 
     # ------------------------------------------------------------------ health
-    def _input_error(self, reason: str) -> None:
+    def _input_error(self, reason: str, cause: str = "input") -> None:
+        self._rejections.add(cause)
         self._error("input", reason)
 
     def _error(self, kind: str, reason: str) -> None:
@@ -1117,6 +1126,7 @@ class FusionNode(Node):
             _kv("frames", self._frames),
             _kv("input_errors", self._input_errors),
             _kv("fusion_errors", self._fusion_errors),
+            *(_kv(f"rejected_{k}", v) for k, v in self._rejections.counts().items()),
             *(_kv(k, v) for k, v in values.items()),
         ]
         return st
