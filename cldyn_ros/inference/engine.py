@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -133,6 +134,7 @@ NATIVE_CPU_FEATURES: dict[str, tuple[str, ...]] = {
 }
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_features() -> frozenset[str]:
     """Feature flags of this machine's CPU: the ones torch reports
     (``torch.cpu.get_capabilities``), else the ``flags`` of ``/proc/cpuinfo``; empty when

@@ -8,6 +8,10 @@ a robot and their messages deserialise with rclpy.
 Everything that can go wrong with a bag (not a bag, unreadable metadata, truncated or corrupt
 data, a missing topic, a topic of the wrong message type, an undecodable image) raises
 :class:`BagError` with a one-line reason; no other exception escapes from here for bad input.
+A damaged bag (no metadata.yaml, an MCAP file without footer or with a corrupt chunk, a
+``.db3`` cut short or with unreadable pages) is read message by message past the damage,
+so every intact message is still read; the error at the end says what was damaged.
+:class:`ImageBagWriter` writes all or nothing: a bag appears under its name only complete.
 
 Stream generation (:func:`synthetic_stream`, :func:`folder_stream`) gives realistic stamps:
 two free-running cameras (colour and thermal rates differ), Gaussian stamp jitter, a small
