@@ -2,7 +2,8 @@
 
 Every subcommand lives in its own module with a ``register(subparsers)`` function; errors
 that are the user's (bad paths, bad models, bad arguments) print one clear line and exit
-with code 2 instead of a traceback.
+with code 2 instead of a traceback; a device failure (out of memory, CUDA error) that
+stops a command prints one line and exits with code 1.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cldyn`` console script; returns the exit code."""
     from ..imaging.io import ImageReadError
     from ..inference.checkpoint import CheckpointError
-    from ..inference.engine import InputError, TaskError
+    from ..inference.engine import DeviceError, InputError, TaskError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -49,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             ValueError) as e:
         print(f"cldyn {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except DeviceError as e:
+        print(f"cldyn {args.command}: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"cldyn {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 from ..offline.bags import (
@@ -121,4 +122,6 @@ def run_info(args: argparse.Namespace) -> int:
           f"{info.duration_s:.3f} s")
     for topic, (msgtype, count) in sorted(info.topics.items()):
         print(f"  {topic}  {msgtype}  {count}")
+    if info.damaged:
+        print(f"damaged: {info.damaged}", file=sys.stderr)
     return 0

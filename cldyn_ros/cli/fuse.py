@@ -16,7 +16,7 @@ from ..imaging.io import (
     read_thermal,
     write_image,
 )
-from ..inference.engine import InputError
+from ..inference.engine import DeviceError, InputError
 from .common import add_engine_args, add_task_args, engine_from_args, request_from_args
 
 
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
                                        disable=args.no_progress or len(listing.pairs) < 2):
         try:
             result = engine.fuse(read_thermal(ir_file), read_color(vi_file), [request])
-        except (ImageReadError, InputError) as e:
+        except (ImageReadError, InputError, DeviceError) as e:  # the next pair may work
             failures.append((name, str(e)))
             continue
         target = args.out if single_file else args.out / f"{name}.png"

@@ -95,7 +95,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
 
     Raises:
         CheckpointError: the file is missing, empty, truncated, corrupt, not a cldyn_ros
-            checkpoint, of a newer format, or its weights do not fit its architecture.
+            checkpoint, of an invalid or newer format version, its weights do not fit its
+            architecture, or its task vectors do not fit its RSC (or it has none).
     """
     path = Path(path)
     if not path.is_file():
@@ -128,13 +129,24 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     raw_vectors = payload.get("task_vectors", {})
     if not isinstance(raw_vectors, dict):
         raise CheckpointError(path, "task vectors are malformed (not a mapping)")
+    if raw_vectors and model.rsc is None:
+        raise CheckpointError(
+            path, f"it has task vectors {sorted(map(str, raw_vectors))} but its model has no "
+            "RSC to apply them (with_rsc is false): not a consistent checkpoint")
     task_vectors: dict[str, Tensor] = {}
     for name, vec in raw_vectors.items():
         if name == NO_TASK:
             raise CheckpointError(path, f"'{NO_TASK}' is reserved and cannot name a task")
-        if (not isinstance(vec, Tensor) or vec.shape != (config.task_dim,)
-                or not torch.isfinite(vec).all()):
-            raise CheckpointError(path, f"task vector '{name}' is malformed")
+        if not isinstance(vec, Tensor):
+            raise CheckpointError(path, f"task vector '{name}' is malformed (a "
+                                  f"{type(vec).__name__}, not a tensor)")
+        if vec.shape != (config.task_dim,):
+            raise CheckpointError(path, f"task vector '{name}' is malformed: shape "
+                                  f"{tuple(vec.shape)}, but the model's RSC takes "
+                                  f"({config.task_dim},)")
+        if not vec.is_floating_point() or not torch.isfinite(vec).all():
+            raise CheckpointError(path, f"task vector '{name}' is malformed (not finite "
+                                  "floating-point values)")
         task_vectors[str(name)] = vec.float().to(device)
     metadata = payload.get("metadata", {})
     if not isinstance(metadata, dict):

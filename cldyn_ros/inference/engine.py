@@ -14,16 +14,24 @@ model in ``torch.compile`` once per frame size and task count (CUDA graphs on CU
 ``backend="onnx"`` runs an exported model through onnxruntime. Out-of-memory and CUDA
 errors raise :class:`DeviceError` (a ``RuntimeError``); with ``fallback_device`` the frame
 is fused there instead.
+
+Precision on the CPU: ``bf16`` needs native bf16 instructions (``avx512_bf16`` or
+``amx_bf16``) and ``fp16`` native fp16 ones (``avx512_fp16`` or ``amx_fp16``). Without them
+torch emulates the type and the network runs several times slower than in fp32, so such a
+request is refused with a :class:`PrecisionError` that says so and names ``fp32``, rather
+than silently running slow or silently running something else than asked
+(:func:`cpu_features`, :func:`check_precision`).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -47,7 +55,8 @@ from .fast import inference_copy
 
 __all__ = [
     "BACKENDS", "PRECISIONS", "THERMAL_MODES", "DeviceError", "FusionBackend", "FusionEngine",
-    "FusionResult", "InputError", "TaskError", "TaskRequest", "TorchRunner", "select_device",
+    "FusionResult", "InputError", "PrecisionError", "TaskError", "TaskRequest", "TorchRunner",
+    "select_device",
     "thermal_limits_torch", "thermal_to_unit",
 ]
 
@@ -61,6 +70,10 @@ PRECISIONS: dict[str, torch.dtype] = {
 BACKENDS = ("torch", "onnx")
 #: Task-embedding cache entries kept (blends create new vectors; named tasks reuse theirs).
 _TASK_CACHE_SIZE = 32
+
+
+class PrecisionError(ValueError):
+    """The requested precision cannot run well on the device (no native support)."""
 
 
 @dataclass
@@ -97,6 +110,46 @@ def select_device(device: str = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device '{device}' requested but CUDA is not available")
     return dev
+
+
+#: CPU feature flags (``/proc/cpuinfo`` names) that give native support for a precision.
+NATIVE_CPU_FEATURES: dict[str, tuple[str, ...]] = {
+    "bf16": ("avx512_bf16", "amx_bf16"),
+    "fp16": ("avx512_fp16", "amx_fp16"),
+}
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_features() -> frozenset[str]:
+    """Feature flags of this machine's CPU: the ones torch reports
+    (``torch.cpu.get_capabilities``), else the ``flags`` of ``/proc/cpuinfo``; empty when
+    neither is available."""
+    get = getattr(torch.cpu, "get_capabilities", None)
+    if get is not None:
+        with contextlib.suppress(Exception):
+            return frozenset(k for k, v in get().items() if v is True)
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features")):
+                    return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def check_precision(precision: str, device: torch.device,
+                    features: Iterable[str] | None = None) -> None:
+    """Raise :class:`PrecisionError` when ``precision`` has no native support on a CPU
+    ``device`` (``features``: CPU feature flags, ``None``: :func:`cpu_features`)."""
+    if device.type != "cpu" or precision not in NATIVE_CPU_FEATURES:
+        return
+    needed = NATIVE_CPU_FEATURES[precision]
+    have = cpu_features() if features is None else frozenset(features)
+    if not have.intersection(needed):
+        raise PrecisionError(
+            f"precision '{precision}' is refused on this CPU: it has no native {precision} "
+            f"instructions ({' or '.join(needed)}), so {precision} would be emulated and run "
+            "several times slower than fp32; use precision fp32 on this machine (or a GPU)"
+        )
 
 
 def validate_pair(thermal: np.ndarray, color: np.ndarray) -> None:
@@ -258,7 +311,9 @@ class FusionEngine:
     Args:
         model: checkpoint path, an already loaded model, or ``None`` for the shipped default.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
-        precision: ``fp32``, ``fp16`` or ``bf16`` (autocast; weights stay fp32).
+        precision: ``fp32``, ``fp16`` or ``bf16`` (autocast; weights stay fp32). On a CPU
+            without native support for ``bf16`` / ``fp16`` the engine refuses it
+            (:class:`PrecisionError`, a ``ValueError``: use ``fp32`` there).
         normalizer: thermal normaliser (its temporal smoothing state lives across frames).
         thermal_mode: see :func:`thermal_to_unit`.
         registration: maps the thermal frame onto the colour frame.
@@ -280,6 +335,8 @@ class FusionEngine:
             out-of-memory or CUDA error (``None``: raise :class:`DeviceError`).
         warmup: frame size ``(H, W)`` to run once at start (compiles, allocates buffers),
             so the first real frame is not slow.
+        cpu_features: CPU feature flags the precision is checked against (``None``: this
+            machine's, :func:`cpu_features`).
     """
 
     def __init__(
@@ -304,6 +361,7 @@ class FusionEngine:
         onnx_providers: Sequence[str] | None = None,
         fallback_device: str | None = None,
         warmup: tuple[int, int] | None = None,
+        cpu_features: Iterable[str] | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got '{precision}'")
@@ -316,7 +374,9 @@ class FusionEngine:
         if threads:
             torch.set_num_threads(threads)
         self.device = select_device(device)
+        check_precision(precision, self.device, cpu_features)
         self.precision = precision
+        self._cpu_features = None if cpu_features is None else frozenset(cpu_features)
         if not isinstance(model, LoadedModel):
             if model is None:
                 from ..paths import default_model_path
@@ -584,12 +644,19 @@ class FusionEngine:
     @contextlib.contextmanager
     def _autocast(self, device: torch.device | None = None) -> Iterator[None]:
         device = device or self.device
-        if self.precision == "fp32" or (device.type == "cpu" and self.precision == "fp16"
-                                        and device != self.device):
-            yield
+        if self.precision == "fp32" or (device != self.device
+                                        and not self._native(self.precision, device)):
+            yield  # a fallback CPU without native support for the precision: fp32
             return
         with torch.autocast(device.type, dtype=PRECISIONS[self.precision]):
             yield
+
+    def _native(self, precision: str, device: torch.device) -> bool:
+        try:
+            check_precision(precision, device, self._cpu_features)
+        except PrecisionError:
+            return False
+        return True
 
     @contextlib.contextmanager
     def _timed(self, timings: dict[str, float], stage: str) -> Iterator[None]:

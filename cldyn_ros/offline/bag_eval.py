@@ -343,48 +343,53 @@ def evaluate_bag(
                                        f"{result.color_order}8", pair.color.stamp_ns,
                                        pair.color.frame_id, log_ns)
 
-    not_copied: set[str] = set()
-    progress = tqdm(total=n_msgs, desc="eval bag", unit="msg", disable=not settings.progress)
-    decode_errors = 0
-    last_log = 0
-    color_index = 0
     try:
-        topics = None if writer is not None else [settings.thermal_topic, settings.rgb_topic]
-        for topic, msgtype, log_ns, raw in iter_messages(bag, topics):
-            last_log = log_ns
-            if writer is not None and topic not in not_copied:
+        not_copied: set[str] = set()
+        progress = tqdm(total=n_msgs, desc="eval bag", unit="msg", disable=not settings.progress)
+        decode_errors = 0
+        last_log = 0
+        color_index = 0
+        try:
+            topics = None if writer is not None else [settings.thermal_topic, settings.rgb_topic]
+            for topic, msgtype, log_ns, raw in iter_messages(bag, topics):
+                last_log = log_ns
+                if writer is not None and topic not in not_copied:
+                    try:
+                        writer.write_raw(topic, log_ns, raw, msgtype)
+                    except BagError as e:  # e.g. a custom message type unknown to rosbags
+                        not_copied.add(topic)
+                        warnings.append(f"topic '{topic}' not copied to the output bag: {e}")
+                if topic not in (settings.thermal_topic, settings.rgb_topic):
+                    continue
+                progress.update(1)
+                t0 = time.perf_counter()
                 try:
-                    writer.write_raw(topic, log_ns, raw, msgtype)
-                except BagError as e:  # e.g. a custom message type unknown to rosbags
-                    not_copied.add(topic)
-                    warnings.append(f"topic '{topic}' not copied to the output bag: {e}")
-            if topic not in (settings.thermal_topic, settings.rgb_topic):
-                continue
-            progress.update(1)
-            t0 = time.perf_counter()
-            try:
-                rec = decode_image(raw, store, topic, log_ns)
-            except BagError as e:
-                decode_errors += 1
-                if decode_errors <= 5:
-                    warnings.append(str(e))
-                continue
-            role = "thermal" if topic == settings.thermal_topic else "color"
-            index = None
-            if role == "color":
-                index, color_index = color_index, color_index + 1
-            # A writable copy: the bag's buffer is read-only, which torch warns about.
-            payload = InputImage(rec.image.copy(), rec.encoding, index,
-                                 (time.perf_counter() - t0) * 1000.0)
-            frame = Frame(rec.stamp_ns, payload, rec.frame_id, log_ns)
-            if start_ns is None:
-                start_ns = rec.stamp_ns
-            handle(pipeline.add(role, frame), log_ns)
-    except BagError as e:
-        warnings.append(f"{e}; the report covers the messages before the damage")
-    finally:
-        progress.close()
-    handle(pipeline.flush(), last_log)
+                    rec = decode_image(raw, store, topic, log_ns)
+                except BagError as e:
+                    decode_errors += 1
+                    if decode_errors <= 5:
+                        warnings.append(str(e))
+                    continue
+                role = "thermal" if topic == settings.thermal_topic else "color"
+                index = None
+                if role == "color":
+                    index, color_index = color_index, color_index + 1
+                # A writable copy: the bag's buffer is read-only, which torch warns about.
+                payload = InputImage(rec.image.copy(), rec.encoding, index,
+                                     (time.perf_counter() - t0) * 1000.0)
+                frame = Frame(rec.stamp_ns, payload, rec.frame_id, log_ns)
+                if start_ns is None:
+                    start_ns = rec.stamp_ns
+                handle(pipeline.add(role, frame), log_ns)
+        except BagError as e:
+            warnings.append(f"{e}; the report covers every intact message")
+        finally:
+            progress.close()
+        handle(pipeline.flush(), last_log)
+    except BaseException:  # a crash or Ctrl-C: never leave a half-written output bag
+        if writer is not None:
+            writer.abort()
+        raise
     if writer is not None:
         writer.close()
     records = builder.finish()

@@ -8,6 +8,10 @@ a robot and their messages deserialise with rclpy.
 Everything that can go wrong with a bag (not a bag, unreadable metadata, truncated or corrupt
 data, a missing topic, a topic of the wrong message type, an undecodable image) raises
 :class:`BagError` with a one-line reason; no other exception escapes from here for bad input.
+A damaged bag (no metadata.yaml, an MCAP file without footer or with a corrupt chunk, a
+``.db3`` cut short or with unreadable pages) is read message by message past the damage,
+so every intact message is still read; the error at the end says what was damaged.
+:class:`ImageBagWriter` writes all or nothing: a bag appears under its name only complete.
 
 Stream generation (:func:`synthetic_stream`, :func:`folder_stream`) gives realistic stamps:
 two free-running cameras (colour and thermal rates differ), Gaussian stamp jitter, a small
@@ -17,7 +21,11 @@ gaps (a camera dropping out).
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import logging
 import math
+import os
 import shutil
 import struct
 from collections.abc import Iterable, Iterator, Sequence
@@ -54,6 +62,7 @@ STORAGES = ("mcap", "sqlite3")
 #: Distros whose message definitions the writer can use, and the metadata version written.
 DISTROS = {"humble": 8, "jazzy": 8, "kilted": 9}
 _NS = 1_000_000_000
+log = logging.getLogger(__name__)
 #: Default start of generated streams: 2024-01-01T00:00:00Z (a plausible sensor clock).
 DEFAULT_START_NS = 1_704_067_200 * _NS
 
@@ -141,15 +150,6 @@ _MCAP_MAGIC = b"\x89MCAP0\r\n"
 _OP_SCHEMA, _OP_CHANNEL, _OP_MESSAGE, _OP_CHUNK, _OP_FOOTER = 0x03, 0x04, 0x05, 0x06, 0x02
 
 
-def _mcap_file(path: Path) -> Path | None:
-    """The MCAP file a damaged bag can be salvaged from: ``path`` itself, or the only
-    ``.mcap`` file of the folder."""
-    if path.is_file():
-        return path if path.suffix == ".mcap" else None
-    files = sorted(path.glob("*.mcap")) if path.is_dir() else []
-    return files[0] if len(files) == 1 else None
-
-
 def _mcap_string(buf: Any, pos: int) -> tuple[str, int]:
     (n,) = struct.unpack_from("<I", buf, pos)
     return bytes(buf[pos + 4:pos + 4 + n]).decode("utf-8", "replace"), pos + 4 + n
@@ -164,6 +164,8 @@ class _McapSalvage:
     complete records of a cut-off uncompressed chunk too).
     """
 
+    storage = "mcap"
+
     def __init__(self, file: Path) -> None:
         self.file = file
         self.schemas: dict[int, str] = {}
@@ -171,7 +173,12 @@ class _McapSalvage:
         self.damage: str | None = None
         self.complete = False
 
-    def messages(self) -> Iterator[tuple[str, str, int, bytes]]:
+    @property
+    def intact(self) -> bool:
+        """The whole file was read and nothing was damaged."""
+        return self.complete and self.damage is None
+
+    def messages(self, with_data: bool = True) -> Iterator[tuple[str, str, int, bytes]]:
         with open(self.file, "rb") as fh:
             data = fh.read()
         if not data.startswith(_MCAP_MAGIC):
@@ -206,7 +213,11 @@ class _McapSalvage:
                         topic, msgtype = self.channels[cid]
                         yield topic, msgtype, int(log_ns), bytes(buf[body_start + 22:body_end])
                 elif op == _OP_CHUNK and top:
-                    yield from self._chunk(buf, body_start, body_end)
+                    try:
+                        yield from self._chunk(buf, body_start, body_end)
+                    except (struct.error, BagError, ValueError) as e:
+                        # The chunk's length is intact: skip it, read on after it.
+                        self._damaged(top, f"chunk at byte {pos} is corrupt ({_reason(e)})")
                 elif op == _OP_FOOTER and top:
                     self.complete = True
                     return
@@ -217,18 +228,18 @@ class _McapSalvage:
         if top and not self.complete and self.damage is None:
             self.damage = "the file ends without its footer"
 
-    def _chunk_header(self, buf: memoryview, pos: int) -> tuple[str, int, int, int]:
+    def _chunk_header(self, buf: memoryview, pos: int) -> tuple[str, int, int, int, int]:
         _, _, size, crc = struct.unpack_from("<QQQI", buf, pos)
         compression, pos = _mcap_string(buf, pos + 28)
         (n,) = struct.unpack_from("<Q", buf, pos)
-        return compression, size, pos + 8, n
+        return compression, size, crc, pos + 8, n
 
     def _chunk(self, buf: memoryview, start: int, end: int) -> Iterator[tuple]:
         from rosbags.rosbag2.storage_mcap import decompress
 
-        compression, size, pos, n = self._chunk_header(buf, start)
-        try:
-            raw = decompress(bytes(buf[pos:pos + n]), compression, size, 0)
+        compression, size, crc, pos, n = self._chunk_header(buf, start)
+        try:  # the checksum (where written) tells a damaged chunk from an intact one
+            raw = decompress(bytes(buf[pos:pos + n]), compression, size, crc)
         except Exception as e:
             raise BagError(f"chunk cannot be decompressed: {_reason(e)}") from None
         inner = memoryview(raw)
@@ -236,7 +247,7 @@ class _McapSalvage:
 
     def _partial_chunk(self, buf: memoryview, start: int, end: int) -> Iterator[tuple]:
         try:
-            compression, _, pos, _ = self._chunk_header(buf, start)
+            compression, _, _, pos, _ = self._chunk_header(buf, start)
         except struct.error:
             return
         if compression == "":  # the complete records of the cut-off chunk are readable
@@ -245,13 +256,153 @@ class _McapSalvage:
     def _damaged(self, top: bool, reason: str) -> None:
         if self.damage is None:
             self.damage = reason if top else f"inside a chunk, {reason}"
+        elif not self.damage.endswith("and more"):
+            self.damage += " and more"
 
 
-def _salvage_info(path: Path, file: Path, why: str) -> BagInfo:
-    salvage = _McapSalvage(file)
+# --------------------------------------------------------------- damaged sqlite3 salvage
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+#: Consecutive unreadable message ids probed one by one before the probe gallops.
+_SQLITE_LINEAR_PROBES = 256
+
+
+class _Sqlite3Salvage:
+    """Read every readable message of a rosbag2 ``.db3`` file, without metadata.yaml.
+
+    A killed recorder leaves no metadata.yaml; a copy cut short or a bad disk sector leaves
+    pages that SQLite reports as malformed. Messages are read by row id, each row on its
+    own, so unreadable pages cost only the rows on them. A file shorter than its header
+    says is read from a temporary copy padded with zero pages (SQLite refuses the whole
+    file otherwise). Messages come in recording (row) order.
+    """
+
+    storage = "sqlite3"
+
+    def __init__(self, file: Path) -> None:
+        self.file = file
+        self.channels: dict[int, tuple[str, str]] = {}
+        self.damage: str | None = None
+        self.complete = False
+        self.skipped = 0
+        self._problems: list[str] = []
+
+    @property
+    def intact(self) -> bool:
+        return self.complete and self.damage is None
+
+    def messages(self, with_data: bool = True) -> Iterator[tuple[str, str, int, bytes]]:
+        import sqlite3
+        import tempfile
+
+        with open(self.file, "rb") as fh:
+            header = fh.read(100)
+        if not header.startswith(_SQLITE_MAGIC):
+            raise BagError(f"'{self.file}' is not an SQLite database (bad magic bytes)")
+        page_size = int.from_bytes(header[16:18], "big") or 65536
+        if page_size == 1:
+            page_size = 65536
+        pages = int.from_bytes(header[28:32], "big")
+        size = self.file.stat().st_size
+        with tempfile.TemporaryDirectory(prefix="cldyn-salvage-") as tmp:
+            file = self.file
+            if pages * page_size > size:
+                self._damaged(f"the file is cut off at byte {size} of "
+                              f"{pages * page_size}")
+                file = Path(tmp) / "padded.db3"
+                with open(self.file, "rb") as src, open(file, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                    dst.truncate(pages * page_size)  # zero pages: unreadable, not fatal
+            try:
+                con = sqlite3.connect(f"file:{file}?mode=ro&immutable=1", uri=True)
+            except sqlite3.Error as e:
+                raise BagError(f"'{self.file}' cannot be opened ({_reason(e)})") from None
+            try:
+                yield from self._rows(con, with_data)
+            finally:
+                con.close()
+
+    def _rows(self, con: Any, with_data: bool) -> Iterator[tuple[str, str, int, bytes]]:
+        import sqlite3
+
+        try:
+            self.channels = {int(i): (str(n), str(t)) for i, n, t in
+                             con.execute("SELECT id, name, type FROM topics")}
+        except sqlite3.Error as e:
+            self._damaged(f"its topics table is unreadable ({_reason(e)})")
+            return
+        try:
+            (top,) = con.execute("SELECT max(id) FROM messages").fetchone()
+        except sqlite3.Error:
+            top = None  # the last page is damaged: probe up to the failure limit
+        columns = "id, topic_id, timestamp" + (", data" if with_data else "")
+        query = f"SELECT {columns} FROM messages WHERE id > ? ORDER BY id LIMIT 1"
+        last, failures, first_bad = 0, 0, None
+        while top is None or last < top:
+            probe = last + (failures + 1 if failures < _SQLITE_LINEAR_PROBES
+                            else 2 ** min(failures - _SQLITE_LINEAR_PROBES + 8, 40))
+            try:
+                row = con.execute(query, (probe - 1,)).fetchone()
+            except sqlite3.Error as e:
+                if first_bad is None:
+                    first_bad = (probe, _reason(e))
+                failures += 1
+                if failures > _SQLITE_LINEAR_PROBES + 32 or (top is not None and probe >= top):
+                    break
+                continue
+            if first_bad is not None:
+                self._unreadable(first_bad, row)
+                first_bad = None
+            if row is None:
+                self.complete = True
+                return
+            failures = 0
+            last = int(row[0])
+            channel = self.channels.get(row[1]) if isinstance(row[1], int) else None
+            if (channel is None or not isinstance(row[2], int)
+                    or (with_data and not isinstance(row[3], bytes))):
+                self.skipped += 1  # a cell that reads but holds garbage
+                self._damaged(f"message row {last} is corrupt")
+                continue
+            yield channel[0], channel[1], row[2], bytes(row[3]) if with_data else b""
+        if first_bad is not None:
+            self._unreadable(first_bad, None)
+        else:
+            self.complete = True
+
+    def _unreadable(self, first_bad: tuple[int, str], row: Any) -> None:
+        start, reason = first_bad
+        end = f"{int(row[0]) - 1}" if row is not None else "the end"
+        self._damaged(f"messages from row {start} to {end} are unreadable ({reason})")
+
+    def _damaged(self, reason: str) -> None:
+        self._problems.append(reason)
+        self.damage = "; ".join(self._problems[:2]) + (
+            f" and {len(self._problems) - 2} more" if len(self._problems) > 2 else "")
+
+
+def _salvage_for(path: Path) -> _McapSalvage | _Sqlite3Salvage | None:
+    """A salvage reader for the bag at ``path`` (a bag folder with one ``.mcap`` or ``.db3``
+    file, or such a file itself), or ``None``."""
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".mcap", ".db3"))
+    else:
+        return None
+    if len(files) != 1:
+        return None
+    if files[0].suffix == ".mcap":
+        return _McapSalvage(files[0])
+    if files[0].suffix == ".db3":
+        return _Sqlite3Salvage(files[0])
+    return None
+
+
+def _salvage_info(path: Path, salvage: _McapSalvage | _Sqlite3Salvage,
+                  why: str | None) -> BagInfo:
     counts: dict[str, tuple[str, int]] = {}
     start = end = n = 0
-    for topic, msgtype, log_ns, _ in salvage.messages():
+    for topic, msgtype, log_ns, _ in salvage.messages(with_data=False):
         _, c = counts.get(topic, (msgtype, 0))
         counts[topic] = (msgtype, c + 1)
         start = log_ns if n == 0 else min(start, log_ns)
@@ -259,28 +410,29 @@ def _salvage_info(path: Path, file: Path, why: str) -> BagInfo:
         n += 1
     for topic, msgtype in salvage.channels.values():
         counts.setdefault(topic, (msgtype, 0))
-    damage = None if salvage.complete else (
-        f"{why}; salvaged {n} complete message(s) from {file.name} "
-        f"({salvage.damage or 'no footer'})")
-    return BagInfo(path, "mcap", "", counts, start, end, n, damage)
-
+    problem = salvage.damage or ("" if salvage.complete else "no footer")
+    damage = None if salvage.intact and why is None else (
+        f"{why + '; ' if why else ''}salvaged {n} complete message(s) from "
+        f"{salvage.file.name}" + (f" ({problem})" if problem else ""))
+    return BagInfo(path, salvage.storage, "", counts, start, end, n, damage)
 
 
 def bag_info(path: str | Path) -> BagInfo:
     """Topics, types, counts and time span of a bag (from its metadata).
 
-    A bag whose MCAP file the regular reader refuses (no metadata.yaml, no footer: an
-    interrupted recording) or a bare ``.mcap`` file is scanned record by record instead;
-    ``damaged`` then says what was salvaged.
+    A bag the regular reader refuses (no metadata.yaml: an interrupted recording; an MCAP
+    file without its footer; a truncated or corrupt ``.db3``) or a bare ``.mcap`` / ``.db3``
+    file is scanned message by message instead; ``damaged`` then says what was salvaged.
     """
     path = Path(path)
     try:
         reader = _open_reader(path)
     except BagError as e:
-        file = _mcap_file(path) if path.exists() else None
-        if file is None:
+        salvage = _salvage_for(path)
+        if salvage is None:
             raise
-        return _salvage_info(path, file, str(e).split(" (a truncated")[0])
+        why = None if path.is_file() else str(e).split(" (a truncated")[0]
+        return _salvage_info(path, salvage, why)
     try:
         counts: dict[str, tuple[str, int]] = {}
         for conn in reader.connections:
@@ -322,47 +474,66 @@ def iter_messages(
 ) -> Iterator[tuple[str, str, int, bytes]]:
     """``(topic, msgtype, log time ns, raw CDR bytes)`` in log-time order.
 
-    ``topics`` None reads every topic. A file that ends early or is corrupt raises
-    :class:`BagError` at the point where reading fails (messages before it were yielded).
+    ``topics`` None reads every topic. A damaged bag (no metadata.yaml, truncated or
+    corrupt pages or chunks) is read message by message instead (in recording order), and
+    where the regular reader fails part-way the salvage reads on past the damage, so every
+    intact message is yielded once; then :class:`BagError` says what was damaged.
     """
     path = Path(path)
     try:
         reader = _open_reader(path)
     except BagError:
-        file = _mcap_file(path) if path.exists() else None
-        if file is None:
+        salvage = _salvage_for(path)
+        if salvage is None:
             raise
-        yield from _salvaged_messages(path, file, topics)
+        yield from _salvaged_messages(path, salvage, topics)
         return
+    seen: collections.Counter[tuple[str, int, int]] = collections.Counter()
+    failure = None
     try:
         conns = [c for c in reader.connections if topics is None or c.topic in topics]
         it = reader.messages(connections=conns) if conns else iter(())
-        count = 0
         while True:
             try:
                 conn, log_ns, raw = next(it)
             except StopIteration:
                 break
             except Exception as e:
-                raise BagError(f"bag '{path}' is truncated or corrupt: reading failed after "
-                               f"{count} message(s) ({_reason(e)})") from None
-            count += 1
-            yield conn.topic, conn.msgtype, int(log_ns), bytes(raw)
+                failure = _reason(e)
+                break
+            raw = bytes(raw)
+            seen[(conn.topic, int(log_ns), len(raw))] += 1
+            yield conn.topic, conn.msgtype, int(log_ns), raw
     finally:
         reader.close()
+    if failure is None:
+        return
+    count = sum(seen.values())
+    salvage = _salvage_for(path)
+    if salvage is None:
+        raise BagError(f"bag '{path}' is truncated or corrupt: reading failed after "
+                       f"{count} message(s) ({failure})")
+    # Read on past the damage; the messages already yielded are skipped.
+    for item in _salvaged_messages(path, salvage, topics, failure, count):
+        key = (item[0], item[2], len(item[3]))
+        if seen[key]:
+            seen[key] -= 1
+            continue
+        yield item
 
 
-def _salvaged_messages(path: Path, file: Path, topics: Sequence[str] | None
-                       ) -> Iterator[tuple[str, str, int, bytes]]:
-    salvage = _McapSalvage(file)
+def _salvaged_messages(path: Path, salvage: _McapSalvage | _Sqlite3Salvage,
+                       topics: Sequence[str] | None, failure: str | None = None,
+                       before: int = 0) -> Iterator[tuple[str, str, int, bytes]]:
     count = 0
     for item in salvage.messages():
-        count += 1
         if topics is None or item[0] in topics:
+            count += 1
             yield item
-    if not salvage.complete:
-        raise BagError(f"bag '{path}' is truncated or corrupt: read {count} message(s) before "
-                       f"the damage ({salvage.damage})")
+    if not salvage.intact or failure is not None:
+        damage = salvage.damage or failure or "the file ends without its footer"
+        raise BagError(f"bag '{path}' is truncated or corrupt: read {max(count, before)} "
+                       f"intact message(s); {damage}")
 
 
 @dataclass
@@ -424,17 +595,25 @@ def image_message(typestore: Any, image: np.ndarray, encoding: str, stamp_ns: in
 
 
 class ImageBagWriter:
-    """Write a rosbag2 bag (context manager).
+    """Write a rosbag2 bag (context manager), all or nothing.
+
+    The bag is written into a hidden staging folder next to ``path``
+    (``.<name>.partial-*``) and moved to ``path`` only when it is complete (:meth:`close`);
+    an exception or Ctrl-C inside the ``with`` block (or :meth:`abort`) removes the staging
+    folder and logs that the bag was not written, so ``path`` never holds a half-written
+    bag. (A process killed outright can leave the hidden staging folder, never ``path``.)
 
     Args:
         path: the bag folder to create (must not exist unless ``overwrite``).
         storage: ``mcap`` or ``sqlite3``.
         distro: ``humble``, ``jazzy`` or ``kilted``: message definitions and metadata version.
-        overwrite: delete an existing bag folder at ``path`` first.
+        overwrite: replace an existing bag folder at ``path`` (when the new one is complete).
     """
 
     def __init__(self, path: str | Path, storage: str = "mcap", distro: str = "kilted",
                  overwrite: bool = False) -> None:
+        import tempfile
+
         from rosbags.rosbag2 import StoragePlugin, Writer
 
         if storage not in STORAGES:
@@ -445,29 +624,74 @@ class ImageBagWriter:
                 raise BagError(f"'{self.path}' already exists (rosbag2 writes a new folder)")
             if not (self.path / "metadata.yaml").exists() and any(self.path.iterdir()):
                 raise BagError(f"refusing to overwrite '{self.path}': not a bag folder")
-            shutil.rmtree(self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.typestore = typestore_for(distro)
         self.distro = distro
         self.storage = storage
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.partial-",
+                                                  dir=self.path.parent))
+        except OSError as e:
+            raise BagError(f"cannot create bag '{self.path}': {_reason(e)}") from None
         plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
-        self._writer = Writer(self.path, version=DISTROS[distro],  # type: ignore[arg-type]
+        # The bag folder inside the staging folder has the final name (rosbag2 names the
+        # storage file after its folder), so moving it changes nothing inside.
+        self._writer = Writer(self._staging / self.path.name,
+                              version=DISTROS[distro],  # type: ignore[arg-type]
                               storage_plugin=plugin)  # (8 or 9, per distro)
         self._conns: dict[str, Any] = {}
         self.counts: dict[str, int] = {}
+        self._opened = False
+        self._finished = False
 
     def __enter__(self) -> ImageBagWriter:
         try:
             self._writer.open()
         except Exception as e:
+            self.abort()
             raise BagError(f"cannot create bag '{self.path}': {_reason(e)}") from None
+        self._opened = True
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
     def close(self) -> None:
-        self._writer.close()
+        """Finish the bag and move it to ``path`` (replacing an old bag there)."""
+        if self._finished:
+            return
+        try:
+            self._writer.close()
+            staged, replaced = self._staging / self.path.name, None
+            if self.path.exists():
+                replaced = self._staging / "replaced"
+                os.replace(self.path, replaced)
+            try:
+                os.replace(staged, self.path)
+            except BaseException:
+                if replaced is not None:  # put the old bag back
+                    os.replace(replaced, self.path)
+                raise
+        except BaseException:
+            self.abort()
+            raise
+        self._finished = True
+        shutil.rmtree(self._staging, ignore_errors=True)
+
+    def abort(self) -> None:
+        """Discard the bag being written (``path`` is left as it was). Idempotent."""
+        if self._finished:
+            return
+        self._finished = True
+        if self._opened:
+            with contextlib.suppress(Exception):
+                self._writer.abort()
+        shutil.rmtree(self._staging, ignore_errors=True)
+        log.warning("bag '%s' was not written: stopped before it was complete (the partial "
+                    "bag was removed)", self.path)
 
     def add_topic(self, topic: str, msgtype: str = IMAGE_TYPE) -> Any:
         """Declare a topic (once; later calls return the same connection)."""

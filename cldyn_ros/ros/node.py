@@ -252,7 +252,7 @@ class FusionNode(Node):
             ))
         self.get_logger().info(
             f"ready: model {self.engine.loaded.path} on {self.engine.device} "
-            f"({self.engine.precision}); tasks {self.engine.task_names}; "
+            f"(precision {self.engine.precision}); tasks {self.engine.task_names}; "
             f"output {s.active_label}"
         )
 
@@ -306,11 +306,13 @@ class FusionNode(Node):
             try:
                 settings = FusionSettings.from_values(values, self.engine.task_names)
             except ValueError as e:
+                self.pipeline.rejections.add("parameters")
                 return SetParametersResult(successful=False, reason=str(e))
             old = self.pipeline.settings
             if self._synchronizer is not None and (
                 (settings.slop, settings.queue_size) != (old.slop, old.queue_size)
             ):
+                self.pipeline.rejections.add("parameters")
                 return SetParametersResult(
                     successful=False,
                     reason="slop and queue_size are fixed while use_message_filters is on",
@@ -346,12 +348,12 @@ class FusionNode(Node):
         name = "thermal" if role == "thermal" else "colour"
         if msg.encoding not in allowed:
             self.pipeline.error("input", f"{name} image rejected: encoding '{msg.encoding}' "
-                                f"is not one of {list(allowed)}")
+                                f"is not one of {list(allowed)}", f"{name}_encoding")
             return None
         try:
             return InputImage(image_to_numpy(msg), msg.encoding, msg.header)
         except ImageMessageError as e:
-            self.pipeline.error("input", f"{name} image rejected: {e}")
+            self.pipeline.error("input", f"{name} image rejected: {e}", f"{name}_{e.kind}")
             return None
 
     def _on_image(self, role: str, msg: Image) -> None:

@@ -306,7 +306,7 @@ def _messages_until_damage(bag: Path, topics: list[str], state: _State):
         for topic, _, log_ns, raw in iter_messages(bag, topics):
             yield topic, log_ns, raw
     except BagError as e:
-        state.warnings.append(f"{e}; replayed the messages before the damage")
+        state.warnings.append(f"{e}; replayed every intact message")
 
 
 def _settle(state: _State, settings: ReplaySettings) -> None:

@@ -47,7 +47,13 @@ _HOST_IS_BIGENDIAN = sys.byteorder == "big"
 
 
 class ImageMessageError(ValueError):
-    """An image message (or array) that cannot be converted; the message says why."""
+    """An image message (or array) that cannot be converted; the message says why and
+    ``kind`` names the cause in one word (``encoding``, ``zero_size``, ``step``,
+    ``short_data``, ``dtype``, ``shape``), for counting rejections by cause."""
+
+    def __init__(self, message: str, kind: str = "invalid") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def encoding_info(encoding: str) -> tuple[np.dtype, int]:
@@ -61,7 +67,7 @@ def encoding_info(encoding: str) -> tuple[np.dtype, int]:
     except (KeyError, TypeError):
         raise ImageMessageError(
             f"unsupported encoding {encoding!r}; supported: "
-            f"{', '.join(THERMAL_ENCODINGS + COLOR_ENCODINGS)}"
+            f"{', '.join(THERMAL_ENCODINGS + COLOR_ENCODINGS)}", "encoding"
         ) from None
 
 
@@ -106,18 +112,19 @@ def image_to_numpy(msg: Any) -> np.ndarray:
     dtype, channels = encoding_info(msg.encoding)
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height <= 0 or width <= 0:
-        raise ImageMessageError(f"image has zero size: {width}x{height} ({msg.encoding})")
+        raise ImageMessageError(f"image has zero size: {width}x{height} ({msg.encoding})",
+                                "zero_size")
     row_bytes = width * channels * dtype.itemsize
     if step < row_bytes:
         raise ImageMessageError(
             f"step {step} is shorter than a row: width {width} x {channels * dtype.itemsize} "
-            f"bytes per pixel = {row_bytes} ({msg.encoding})"
+            f"bytes per pixel = {row_bytes} ({msg.encoding})", "step"
         )
     buf = _as_bytes_array(msg.data)
     if buf.size < height * step:
         raise ImageMessageError(
             f"data has {buf.size} bytes, shorter than height {height} x step {step} = "
-            f"{height * step} ({msg.encoding})"
+            f"{height * step} ({msg.encoding})", "short_data"
         )
     # Rows of `step` bytes, cut to the pixels: a strided view when rows are padded. Extra
     # bytes after the last row are ignored.
@@ -172,17 +179,18 @@ def numpy_to_image(
     dtype, channels = encoding_info(encoding)
     arr = np.asarray(arr)
     if arr.dtype != dtype:
-        raise ImageMessageError(f"encoding {encoding!r} needs {dtype} pixels, got {arr.dtype}")
+        raise ImageMessageError(f"encoding {encoding!r} needs {dtype} pixels, got {arr.dtype}",
+                                "dtype")
     if channels == 1 and arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
     expected = "H x W" if channels == 1 else f"H x W x {channels}"
     if arr.ndim != (2 if channels == 1 else 3) or (channels > 1 and arr.shape[2] != channels):
         raise ImageMessageError(
-            f"encoding {encoding!r} needs an {expected} array, got shape {arr.shape}"
+            f"encoding {encoding!r} needs an {expected} array, got shape {arr.shape}", "shape"
         )
     height, width = arr.shape[:2]
     if height == 0 or width == 0:
-        raise ImageMessageError(f"image has zero size: shape {arr.shape}")
+        raise ImageMessageError(f"image has zero size: shape {arr.shape}", "zero_size")
     if msg is None:
         if factory is None:
             raise TypeError("numpy_to_image needs a message to fill (msg) or a factory")

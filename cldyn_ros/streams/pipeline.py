@@ -34,6 +34,7 @@ from ..inference.engine import FusionEngine, FusionResult, InputError, TaskError
 from ..metrics import FAST_METRICS, fusion_metrics
 from .controller import ScoreAverager, StrengthController
 from .pairing import ApproximateTimePairer, Frame, Pair, PairingStats
+from .rejections import RejectionCounter
 from .settings import FusionSettings
 
 __all__ = ["FrameOutput", "FramePipeline", "InputImage", "Status", "engine_from_settings"]
@@ -171,6 +172,7 @@ class FramePipeline:
         )
         self.frames = 0
         self.input_errors = 0
+        self.rejections = RejectionCounter()  # every rejected input, by cause
         self.fusion_errors = 0
         self.feedback_counts = {"received": 0, "unknown_frame": 0, "unknown_task": 0,
                                 "invalid": 0}
@@ -304,17 +306,17 @@ class FramePipeline:
         warnings = []
         for name, image in (("thermal", thermal), ("colour", color)):
             if _constant(image.array):
-                warnings.append(
+                warnings.append((
                     f"{name} frame is constant (every pixel {image.array.flat[0]}): "
-                    "no usable image information (sensor covered, failed or not started?)"
-                )
+                    "no usable image information (sensor covered, failed or not started?)",
+                    f"{name}_constant"))
         try:
             result = self.engine.fuse(
                 thermal.array, color.array, self.requests(s, strengths),
                 color_order="bgr" if color.encoding == "bgr8" else "rgb",
             )
         except InputError as e:
-            self.error("input", f"frame pair rejected: {e}")
+            self.error("input", f"frame pair rejected: {e}", "pair_invalid")
             return None
         except TaskError as e:
             self.error("fusion", f"task request failed: {e}")
@@ -324,8 +326,8 @@ class FramePipeline:
                 torch.cuda.empty_cache()
             self.error("fusion", f"fusion failed: {_first_line(e)}")
             return None
-        for text in warnings:
-            self.error("input", text)  # fused anyway (finite output), but reported
+        for text, cause in warnings:
+            self.error("input", text, cause)  # fused anyway (finite output), but reported
         want = "bgr" if s.output_encoding == "bgr8" else "rgb"
         images = {label: (img[..., ::-1] if want != result.color_order else img)
                   for label, img in result.images.items()}
@@ -442,6 +444,7 @@ class FramePipeline:
                 counts["received"] += 1
                 if task not in self.engine.task_vectors:
                     counts["unknown_task"] += 1
+                    self.rejections.add("feedback_unknown_task")
                     continue
                 score = None
                 for key, value in values:
@@ -452,9 +455,11 @@ class FramePipeline:
                             score = None
                 if score is None or not math.isfinite(score):
                     counts["invalid"] += 1
+                    self.rejections.add("feedback_invalid")
                     continue
                 if used is None or task not in used:
                     counts["unknown_frame"] += 1
+                    self.rejections.add("feedback_unknown_frame")
                     continue
                 if not s.adaptive_strength:
                     continue
@@ -469,8 +474,11 @@ class FramePipeline:
                     loop.controller.update(mean)
 
     # ------------------------------------------------------------------ health
-    def error(self, kind: str, reason: str) -> None:
-        """Count an ``input`` or ``fusion`` error and pass it to ``on_error``."""
+    def error(self, kind: str, reason: str, cause: str | None = None) -> None:
+        """Count an ``input`` or ``fusion`` error and pass it to ``on_error``; an input
+        error is also counted as a rejection by ``cause`` (default ``input``)."""
+        if kind == "input":
+            self.rejections.add(cause or "input")
         with self._health_lock:
             self.last_error = reason
             if kind == "input":
@@ -491,12 +499,14 @@ class FramePipeline:
         s = self._settings
         return Status(level, f"{self.name}: fusion", message, [
             ("model", self.engine.loaded.path),
+            ("precision", self.engine.precision),
             ("active_task", s.active_label),
             ("compensation_strength", s.compensation_strength),
             ("adaptive_strength", s.adaptive_strength),
             ("frames", self.frames),
             ("input_errors", self.input_errors),
             ("fusion_errors", self.fusion_errors),
+            *((f"rejected_{k}", v) for k, v in self.rejections.counts().items()),
             *values.items(),
         ])
 

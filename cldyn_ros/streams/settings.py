@@ -95,7 +95,8 @@ class FusionSettings:
     device: str = setting(
         "auto", "torch device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N",
         read_only=True, constraints="auto, cpu, cuda or cuda:N", table="torch device")
-    precision: str = setting("fp32", "inference precision (autocast)",
+    precision: str = setting("fp32", "inference precision (autocast); on a CPU bf16 / fp16 only "
+                             "where it has native instructions",
                              choices=tuple(PRECISIONS), read_only=True)
     threads: int = setting(0, "CPU threads for torch; 0 keeps torch's default", low=0,
                            high=256, read_only=True,

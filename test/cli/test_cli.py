@@ -289,3 +289,51 @@ def test_shipped_training_recipes_are_valid_and_exclude_the_test_split(recipe: P
     assert "roadscene" in config.ir_dir  # never TNO or VIFB, the evaluation sets
     if config.init_recipe:
         assert (REPO / config.init_recipe).is_file()
+
+
+def test_fuse_reports_an_out_of_memory_pair_and_fuses_the_others(
+    model_file: Path, pair_dirs: tuple[Path, Path], tmp_path: Path, monkeypatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A device failure on one pair (injected into the network call, as CUDA raises it) is
+    one line on stderr, the other pairs are fused, and the exit code says something failed."""
+    from cldyn_ros.inference import engine as engine_module
+
+    real_plain = engine_module._Runner.plain
+    calls = []
+
+    def plain_out_of_memory_once(self, *args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_plain(self, *args)
+
+    monkeypatch.setattr(engine_module._Runner, "plain", plain_out_of_memory_once)
+    ir_dir, vi_dir = pair_dirs
+    out = tmp_path / "fused"
+    assert main(["fuse", "--ir", str(ir_dir), "--vi", str(vi_dir), "--out", str(out),
+                 "--model", str(model_file), "--device", "cpu", "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert "fused 2 of 3" in captured.out
+    skipped = [line for line in captured.err.splitlines() if "skipped" in line]
+    assert len(skipped) == 1 and "out of memory" in skipped[0], captured.err
+    assert len(list(out.iterdir())) == 2
+
+
+def test_device_failure_of_a_command_is_one_line_and_exit_1(
+    model_file: Path, pair_dirs: tuple[Path, Path], tmp_path: Path, monkeypatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from cldyn_ros.cli import fuse as fuse_command
+    from cldyn_ros.inference.engine import DeviceError
+
+    def fail(args):
+        raise DeviceError("fusion failed on cuda: OutOfMemoryError: CUDA out of memory")
+
+    monkeypatch.setattr(fuse_command, "run", fail)
+    ir_dir, vi_dir = pair_dirs
+    assert main(["fuse", "--ir", str(ir_dir), "--vi", str(vi_dir), "--out", str(tmp_path),
+                 "--model", str(model_file)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == ("cldyn fuse: error: fusion failed on cuda: OutOfMemoryError: CUDA out of "
+                   "memory")

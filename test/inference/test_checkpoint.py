@@ -324,3 +324,51 @@ def test_error_message_format(tmp_path):
     error = CheckpointError(tmp_path / "x.pt", "something broke")
     assert str(error) == f"cannot use model file '{tmp_path / 'x.pt'}': something broke"
     assert error.problem == "something broke"
+
+
+# ------------------------------------------------------------------ versions and consistency
+
+
+@pytest.mark.parametrize("version", [0, -1, "1", None, 1.0], ids=repr)
+def test_invalid_format_version(saved, version):
+    path = _write_variant(saved, "bad_version.pt", format_version=version)
+    assert f"invalid format version {version!r}" == _load_error(path).problem
+
+
+def test_missing_format_marker(saved):
+    payload = _payload(saved)
+    del payload["format"]
+    path = saved.with_name("no_format.pt")
+    torch.save(payload, path)
+    assert f"not a {FORMAT} file" in _load_error(path).problem
+
+
+def test_task_vectors_of_another_task_dim_name_both_sizes(saved):
+    path = _write_variant(saved, "dim.pt", task_vectors={"detection": torch.zeros(128)})
+    problem = _load_error(path).problem
+    assert "(128,)" in problem and "(256,)" in problem and "RSC" in problem
+
+
+def test_task_vectors_without_an_rsc_are_refused(tmp_path):
+    path = save_checkpoint(tmp_path / "vfn.pt", make_model(with_rsc=False))
+    torch.save({**_payload(path), "task_vectors": {"detection": torch.zeros(256)}}, path)
+    problem = _load_error(path).problem
+    assert "task vectors ['detection']" in problem and "no RSC" in problem
+
+
+def test_integer_task_vector_is_malformed(saved):
+    path = _write_variant(saved, "int.pt",
+                          task_vectors={"detection": torch.zeros(256, dtype=torch.int64)})
+    assert "task vector 'detection' is malformed" in _load_error(path).problem
+
+
+def test_every_problem_is_one_line(saved, tmp_path):
+    data = saved.read_bytes()
+    cases = [tmp_path / "missing.pt"]
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(data[: len(data) // 3])
+    cases.append(cut)
+    cases.append(_write_variant(saved, "future.pt", format_version=FORMAT_VERSION + 5))
+    cases.append(_write_variant(saved, "dim.pt", task_vectors={"x": torch.zeros(3)}))
+    for path in cases:
+        assert "\n" not in str(_load_error(path)), path

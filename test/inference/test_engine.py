@@ -10,11 +10,15 @@ from helpers import make_loaded, random_pair
 from cldyn_ros.imaging.thermal import ThermalNormalizer
 from cldyn_ros.inference.checkpoint import CheckpointError, save_checkpoint
 from cldyn_ros.inference.engine import (
+    NATIVE_CPU_FEATURES,
     FusionEngine,
     FusionResult,
     InputError,
+    PrecisionError,
     TaskError,
     TaskRequest,
+    check_precision,
+    cpu_features,
     select_device,
     thermal_to_unit,
 )
@@ -362,12 +366,71 @@ def test_input_error_is_a_value_error():
 def test_reduced_precision_on_cpu_is_close_to_fp32(pair, precision):
     loaded = make_loaded()
     fp32 = FusionEngine(loaded, device="cpu").fuse(*pair, ["none", "detection"])
-    low_engine = FusionEngine(loaded, device="cpu", precision=precision)
+    # Declared native, so the numerics are checked on every machine (emulated where it lacks it).
+    low_engine = FusionEngine(loaded, device="cpu", precision=precision,
+                              cpu_features=NATIVE_CPU_FEATURES[precision][:1])
     low = low_engine.fuse(*pair, ["none", "detection"])
     assert low.fused_y.dtype == torch.float32
     assert next(loaded.model.parameters()).dtype == torch.float32  # autocast only
     for label, image in fp32.images.items():
         assert _diff(low.images[label], image).mean() < 3, label
+
+
+AVX2_ONLY = ("sse4_2", "avx", "avx2", "fma3", "f16c")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_is_refused_on_a_cpu_without_native_support(precision):
+    with pytest.raises(PrecisionError) as info:
+        FusionEngine(make_loaded(), device="cpu", precision=precision, cpu_features=AVX2_ONLY)
+    text = str(info.value)
+    assert isinstance(info.value, ValueError)  # callers reporting bad settings still work
+    assert f"'{precision}'" in text and "use precision fp32" in text
+    assert all(flag in text for flag in NATIVE_CPU_FEATURES[precision])  # says why
+    assert "\n" not in text
+
+
+@pytest.mark.parametrize(("precision", "flag"), [
+    ("bf16", "avx512_bf16"), ("bf16", "amx_bf16"), ("fp16", "avx512_fp16"),
+    ("fp16", "amx_fp16")])
+def test_reduced_precision_is_accepted_with_native_support(precision, flag):
+    engine = FusionEngine(make_loaded(), device="cpu", precision=precision,
+                          cpu_features=(*AVX2_ONLY, flag))
+    assert engine.precision == precision
+
+
+def test_fp32_runs_on_any_cpu_and_the_check_is_cpu_only():
+    assert FusionEngine(make_loaded(), device="cpu", cpu_features=()).precision == "fp32"
+    check_precision("bf16", torch.device("cuda"), AVX2_ONLY)  # GPUs: torch's business
+    with pytest.raises(PrecisionError):
+        check_precision("bf16", torch.device("cpu"), ())
+
+
+def test_cpu_features_agree_with_proc_cpuinfo():
+    try:
+        with open("/proc/cpuinfo") as fh:
+            lines = [line for line in fh if line.startswith("flags")]
+    except OSError:
+        pytest.skip("no /proc/cpuinfo on this machine")
+    if not lines:
+        pytest.skip("/proc/cpuinfo has no flags line (not x86)")
+    flags = set(lines[0].split(":", 1)[1].split())
+    have = cpu_features()
+    for names in NATIVE_CPU_FEATURES.values():
+        for name in names:
+            assert (name in have) == (name in flags), name
+    assert ("avx2" in have) == ("avx2" in flags)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_this_machine_gets_what_its_cpu_supports(precision):
+    native = bool(cpu_features() & set(NATIVE_CPU_FEATURES[precision]))
+    if native:
+        assert FusionEngine(make_loaded(), device="cpu", precision=precision).precision \
+            == precision
+    else:
+        with pytest.raises(PrecisionError):
+            FusionEngine(make_loaded(), device="cpu", precision=precision)
 
 
 def test_timings_cover_every_stage(engine, pair):

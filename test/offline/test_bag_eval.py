@@ -193,11 +193,10 @@ def test_cli_error_paths(small_bag: Path, model_file: Path, tmp_path: Path,
     err = cli_error(capsys, ["eval", "bag", str(other), *base])
     assert "has message type 'std_msgs/msg/String', not sensor_msgs/msg/Image" in err
 
-    truncated = make_bag(tmp_path / "trunc", 0.5, "sqlite3", rgb_rate=10, thermal_rate=10)
-    data = next(truncated.glob("*.db3"))
-    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
-    err = cli_error(capsys, ["eval", "bag", str(truncated), *base])
-    assert "cannot open bag" in err and "truncated or corrupt" in err
+    garbage = make_bag(tmp_path / "garbage", 0.5, "sqlite3", rgb_rate=10, thermal_rate=10)
+    next(garbage.glob("*.db3")).write_bytes(b"not a database")
+    err = cli_error(capsys, ["eval", "bag", str(garbage), *base])
+    assert "not an SQLite database" in err
 
 
 def test_truncated_mcap_is_evaluated_up_to_the_damage(tmp_path: Path, model_file: Path,
@@ -212,7 +211,30 @@ def test_truncated_mcap_is_evaluated_up_to_the_damage(tmp_path: Path, model_file
     report = json.loads((out / "report.json").read_text())
     assert 3 <= report["pairing"]["pairs"] < 10
     assert report["bag"]["damaged"]
-    assert any("before the damage" in w for w in report["warnings"])
+    assert any("every intact message" in w for w in report["warnings"])
+
+
+@pytest.mark.parametrize("damage", ["cut", "no-metadata"])
+def test_damaged_sqlite3_bag_is_evaluated_on_every_intact_message(
+        tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture[str],
+        damage: str) -> None:
+    bag = make_bag(tmp_path / "bag", 1.0, "sqlite3", rgb_rate=10, thermal_rate=20)
+    data = next(bag.glob("*.db3"))
+    if damage == "cut":
+        data.write_bytes(data.read_bytes()[: data.stat().st_size * 2 // 3])
+    else:
+        (bag / "metadata.yaml").unlink()
+    out = tmp_path / "rep"
+    assert main(["eval", "bag", str(bag), "--model", str(model_file), "--out", str(out),
+                 "--no-progress", "--metrics", "EN"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["bag"]["damaged"] and report["bag"]["storage"] == "sqlite3"
+    if damage == "cut":
+        assert 3 <= report["pairing"]["pairs"] < 10
+        assert any("every intact message" in w for w in report["warnings"])
+        assert "warning: bag" in capsys.readouterr().out
+    else:
+        assert report["pairing"]["pairs"] == 10
 
 
 def test_unpaired_streams(tmp_path: Path, model_file: Path,
@@ -391,3 +413,38 @@ def test_rclpy_reads_the_output_bag(small_bag: Path, engine: FusionEngine,
     for raw in fused:
         msg = serialization.deserialize_message(raw, sensor_msgs.Image)
         assert msg.encoding == "rgb8" and image_to_numpy(msg).shape == (H, W, 3)
+
+
+def test_a_crash_mid_evaluation_leaves_no_output_bag(tmp_path: Path, monkeypatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A bug raised inside the fusion loop: no half-written output bag, an old complete one
+    stays as it was, and the log says the bag was not written."""
+    bag = make_bag(tmp_path / "in", 1.0, "sqlite3", rgb_rate=10, thermal_rate=10)
+    engine = FusionEngine(make_loaded(), device="cpu")
+    out = tmp_path / "ev"
+    settings = BagEvalSettings(tasks=("none",), metrics=(), write_bag=True, progress=False)
+    first = evaluate_bag(bag, engine, settings, out)
+    old = {p.name: p.stat().st_size for p in (out / "fused_bag").iterdir()}
+    assert first["output_bag"]["topics"]["/fused/none/image"] == 10
+    real_fuse = engine.fuse
+    calls = []
+
+    def fuse_then_crash(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyError("a bug")
+        return real_fuse(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "fuse", fuse_then_crash)
+    with pytest.raises(KeyError):
+        evaluate_bag(bag, engine, settings, out)
+    assert {p.name: p.stat().st_size for p in (out / "fused_bag").iterdir()} == old
+    assert [p.name for p in out.iterdir() if ".partial-" in p.name] == []
+    assert "was not written" in caplog.text
+    # Without an old bag, nothing appears at all.
+    fresh = tmp_path / "ev2"
+    calls.clear()
+    with pytest.raises(KeyError):
+        evaluate_bag(bag, engine, settings, fresh)
+    assert not (fresh / "fused_bag").exists()
+    assert [p.name for p in fresh.iterdir() if ".partial-" in p.name] == []

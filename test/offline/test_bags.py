@@ -177,14 +177,22 @@ def test_reading_bad_bags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     (tmp_path / "notabag").mkdir()
     with pytest.raises(BagError, match="no metadata.yaml"):
         bag_info(tmp_path / "notabag")
-    (tmp_path / "file.db3").write_bytes(b"x")
+    (tmp_path / "file.txt").write_bytes(b"x")
     with pytest.raises(BagError, match="is a file"):
+        bag_info(tmp_path / "file.txt")
+    (tmp_path / "file.db3").write_bytes(b"x")  # a bare storage file is read directly
+    with pytest.raises(BagError, match="not an SQLite database"):
         bag_info(tmp_path / "file.db3")
     broken = make_bag(tmp_path / "broken", 0.1, "sqlite3", rgb_rate=10, thermal_rate=10)
     (broken / "metadata.yaml").write_text("rosbag2_bagfile_information: [oops")
-    with pytest.raises(BagError, match="cannot open bag"):
+    info = bag_info(broken)  # the database is intact: read without the metadata
+    assert "cannot open bag" in info.damaged and "salvaged 2 complete" in info.damaged
+    assert main(["bag", "info", str(broken)]) == 0
+    assert "damaged: cannot open bag" in capsys.readouterr().err
+    (next(broken.glob("*.db3"))).write_bytes(b"garbage")
+    with pytest.raises(BagError, match="not an SQLite database"):
         bag_info(broken)
-    assert "cannot open bag" in one_line_error(capsys, ["bag", "info", str(broken)])
+    assert "not an SQLite database" in one_line_error(capsys, ["bag", "info", str(broken)])
 
     other = tmp_path / "other"
     with ImageBagWriter(other, "sqlite3") as writer:
@@ -244,7 +252,7 @@ def test_truncated_mcap_is_salvaged_up_to_the_damage(tmp_path: Path) -> None:
     assert 20 <= info.message_count < 60
     assert "salvaged" in info.damaged and "File end magic" in info.damaged
     got = []
-    with pytest.raises(BagError, match="truncated or corrupt: read .* before the damage"):
+    with pytest.raises(BagError, match="truncated or corrupt: read .* intact message"):
         for rec in read_images(bag, TOPICS):
             got.append((rec.topic, rec.stamp_ns))
     assert got == intact[: len(got)] and len(got) == info.message_count
@@ -257,3 +265,177 @@ def test_truncated_mcap_is_salvaged_up_to_the_damage(tmp_path: Path) -> None:
     data.write_bytes(b"not an mcap file at all")
     with pytest.raises(BagError, match="not an MCAP file"):
         bag_info(bag)
+
+
+# ------------------------------------------------------------------ damaged bags: salvage
+
+
+def _storage_file(bag: Path) -> Path:
+    return next(p for p in bag.iterdir() if p.suffix in (".mcap", ".db3"))
+
+
+def _read_all(bag: Path) -> tuple[list[tuple[str, int]], BagError | None]:
+    """Every image record read before the error (if any), and the error."""
+    got = []
+    try:
+        for rec in read_images(bag, TOPICS):
+            got.append((rec.topic, rec.stamp_ns))
+    except BagError as e:
+        assert "\n" not in str(e)
+        return got, e
+    return got, None
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_bag_without_metadata_is_read_completely(tmp_path: Path, storage: str) -> None:
+    """A recorder killed before it wrote metadata.yaml: the storage file is complete."""
+    bag = make_bag(tmp_path / "bag", 1.0, storage, rgb_rate=30, thermal_rate=30)
+    intact, _ = _read_all(bag)
+    (bag / "metadata.yaml").unlink()
+    info = bag_info(bag)
+    assert "no metadata.yaml" in info.damaged and "salvaged 60 complete" in info.damaged
+    assert info.storage == storage and info.topics["/rgb/image"] == (IMAGE_TYPE, 30)
+    got, error = _read_all(bag)
+    assert got == intact and len(got) == 60
+    if storage == "sqlite3":
+        assert error is None  # the database itself is whole
+    assert bag_info(_storage_file(bag)).damaged is None  # the bare file: nothing missing
+
+
+def test_truncated_sqlite3_is_salvaged_up_to_the_cut(tmp_path: Path) -> None:
+    bag = make_bag(tmp_path / "bag", 1.0, "sqlite3", rgb_rate=30, thermal_rate=30)
+    intact, _ = _read_all(bag)
+    data = _storage_file(bag)
+    raw = data.read_bytes()
+    data.write_bytes(raw[: len(raw) // 2])
+    info = bag_info(bag)
+    assert "cannot open bag" in info.damaged and "cut off at byte" in info.damaged
+    assert 15 <= info.message_count < 60
+    got, error = _read_all(bag)
+    assert error is not None and "truncated or corrupt" in str(error)
+    assert f"read {len(got)} intact message(s)" in str(error)
+    assert "cut off at byte" in str(error)
+    assert got == intact[: len(got)] and len(got) == info.message_count
+    # Cut inside the first pages: the topics are gone too; the error says so.
+    data.write_bytes(raw[:2000])
+    with pytest.raises(BagError, match="not in bag.*the bag is damaged.*topics table"):
+        list(read_images(bag, TOPICS))
+
+
+def test_corrupt_sqlite3_page_costs_only_its_messages(tmp_path: Path) -> None:
+    """A bad page in the middle: the regular reader fails part-way; the salvage reads on
+    past it, so every readable message is read once, in order."""
+    bag = make_bag(tmp_path / "bag", 1.0, "sqlite3", rgb_rate=30, thermal_rate=30)
+    intact, _ = _read_all(bag)
+    data = _storage_file(bag)
+    raw = bytearray(data.read_bytes())
+    page = 4096
+    middle = (len(raw) // page // 2) * page
+    raw[middle:middle + page] = b"\xff" * page
+    data.write_bytes(bytes(raw))
+    got, error = _read_all(bag)
+    assert error is not None and "truncated or corrupt" in str(error)
+    assert len(set(got)) == len(got), "a message was read twice"
+    assert set(got) <= set(intact)
+    assert len(got) >= 50, len(got)  # a page holds a few 64x48 images at most
+    assert sorted(got, key=intact.index) == got
+
+
+def test_corrupt_mcap_chunk_costs_only_that_chunk(tmp_path: Path) -> None:
+    """A record length inside the second of three chunks is garbage: the regular reader
+    fails there; the salvage skips the rest of that chunk and reads the third."""
+    import struct
+
+    bag = tmp_path / "bag"
+    write_stream(bag, synthetic_stream(2.0, StreamSpec(rgb_rate=30, thermal_rate=30), 96,
+                                       128), storage="mcap")
+    intact = [(t, n) for t, _, n, _ in iter_messages(bag)]
+    data = _storage_file(bag)
+    raw = bytearray(data.read_bytes())
+    chunks, pos = [], 8
+    while pos + 9 <= len(raw) and raw[pos] != 0x02:  # up to the footer
+        (length,) = struct.unpack_from("<Q", raw, pos + 1)
+        if raw[pos] == 0x06:
+            chunks.append(pos)
+        pos += 9 + length
+    assert len(chunks) >= 3, "want several chunks"
+    body = chunks[1] + 9
+    (compression_len,) = struct.unpack_from("<I", raw, body + 28)
+    first_record = body + 28 + 4 + compression_len + 8
+    raw[first_record + 1:first_record + 9] = struct.pack("<Q", 10**12)
+    data.write_bytes(bytes(raw))
+    got = []
+    with pytest.raises(BagError, match="truncated or corrupt.*inside a chunk"):
+        for topic, _, log_ns, _ in iter_messages(bag):
+            got.append((topic, log_ns))
+    assert len(set(got)) == len(got) and set(got) < set(intact)
+    assert got[-1] == intact[-1], "the chunk after the damage was not read"
+
+
+# ------------------------------------------------------------------ output bags: all or nothing
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_a_crash_while_writing_leaves_no_bag(tmp_path: Path, storage: str,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    def frames_then_crash():
+        for n, item in enumerate(synthetic_stream(1.0, StreamSpec(), H, W)):
+            if n == 20:
+                raise RuntimeError("camera driver crashed")
+            yield item
+
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="camera driver crashed"):
+        write_stream(out, frames_then_crash(), storage=storage)
+    assert list(tmp_path.iterdir()) == []  # neither the bag nor its staging folder
+    assert f"bag '{out}' was not written" in caplog.text
+    # An existing bag is replaced only by a complete one.
+    make_bag(out, 0.2, storage, rgb_rate=10, thermal_rate=10)
+    before = [(r.topic, r.stamp_ns) for r in read_images(out, TOPICS)]
+    with pytest.raises(RuntimeError):
+        write_stream(out, frames_then_crash(), storage=storage, overwrite=True)
+    assert [(r.topic, r.stamp_ns) for r in read_images(out, TOPICS)] == before
+    assert bag_info(out).damaged is None
+    counts = write_stream(out, synthetic_stream(0.5, StreamSpec(), H, W), storage=storage,
+                          overwrite=True)
+    assert bag_info(out).message_count == sum(counts.values()) != len(before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert next(p for p in out.iterdir() if p.suffix != ".yaml").stem == "out"
+
+
+def test_ctrl_c_during_bag_from_images_leaves_no_bag(tmp_path: Path) -> None:
+    """SIGINT to a real `cldyn bag from-images` run while it writes: exit 130, the target
+    does not exist, the staging folder is gone, and stderr says so."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    repo = Path(__file__).resolve().parents[2]
+    out = tmp_path / "drive"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cldyn_ros.cli", "bag", "from-images", "--synthetic", "600",
+         "--out", str(out), "--no-progress"],
+        cwd=repo, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        staged = []
+        while time.monotonic() < deadline and proc.poll() is None:
+            staged = [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+            if staged and any(f.stat().st_size > 0 for f in staged[0].rglob("*.mcap")):
+                break
+            time.sleep(0.05)
+        assert staged, "the writer never started"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "was not written" in err, err
+    assert "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []
