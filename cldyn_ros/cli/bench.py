@@ -97,6 +97,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                       "best_effort, the node's sensor-data default)")
     node.add_argument("--out", type=Path, default=Path("bench_node"),
                       help="folder for bench_node.json, bench_node.md and node.log")
+    node.add_argument("--load", choices=("stream", "flood", "soak"), default="stream",
+                      help="stream (default): --frames colour frames from this process; "
+                      "flood: both inputs at --rgb-rate/--thermal-rate (default 200 Hz) for "
+                      "--seconds from a separate publisher process, with the engine alone "
+                      "measured before and after (frames/s ratio, drops by cause, longest gap "
+                      "between published frames, latency and RSS per --window); soak: the "
+                      "same at camera rates (default 30/60 Hz) with the node's counters "
+                      "checked (published + dropped = received)")
+    node.add_argument("--seconds", type=float, default=60.0,
+                      help="flood/soak duration (default 60)")
+    node.add_argument("--window", type=float, default=10.0,
+                      help="flood/soak: seconds per latency/RSS window (default 10)")
+    node.add_argument("--engine-frames", type=int, default=20,
+                      help="flood: engine-alone frames before and after the node run "
+                      "(default 20; 0 skips the comparison)")
+    node.add_argument("--thermal-encoding", choices=("mono16", "mono8"), default="mono16",
+                      help="flood/soak: thermal encoding (default mono16)")
     p.set_defaults(func=run)
 
 
@@ -139,6 +156,9 @@ def run(args: argparse.Namespace) -> int:
 
 def run_node(args: argparse.Namespace) -> int:
     from ..paths import default_model_path
+
+    if args.load != "stream":
+        return run_node_load(args)
     from ..ros.node_bench import NodeBenchSettings, format_node_table, run_node_bench
 
     def log(msg: str) -> None:
@@ -165,4 +185,40 @@ def run_node(args: argparse.Namespace) -> int:
         args.markdown.write_text(table + "\n")
     print(table)
     print(json.dumps({"machine": report["machine"], "frames": report["frames"]}, default=str))
+    return 0
+
+
+def run_node_load(args: argparse.Namespace) -> int:
+    from ..paths import default_model_path
+    from ..ros.node_load import LoadSettings, format_load_report, run_load_bench
+    from ..tools.bench import write_report
+
+    def log(msg: str) -> None:
+        if not args.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    flood = args.load == "flood"
+    # camera rates unless given; the flood's default is 200 Hz on both inputs
+    rgb = args.rgb_rate if "--rgb-rate" in sys.argv else (200.0 if flood else 30.0)
+    thermal = (args.thermal_rate if "--thermal-rate" in sys.argv
+               else (200.0 if flood else 60.0))
+    h, w = args.size if "--size" in sys.argv else (256, 320)
+    out = args.out if "--out" in sys.argv else Path(f"bench_node_{args.load}")
+    settings = LoadSettings(
+        model=str(args.model or default_model_path()), mode=args.load, seconds=args.seconds,
+        height=h, width=w, rgb_rate=rgb, thermal_rate=thermal,
+        thermal_encoding=args.thermal_encoding,
+        device="cpu" if args.device == "auto" else args.device, precision=args.precision,
+        threads=args.threads or 1, window_s=args.window, out=str(out),
+        engine_frames=args.engine_frames)
+    report = run_load_bench(settings, log=log)
+    report["command"] = "cldyn bench " + " ".join(sys.argv[2:])
+    write_report(report, out / f"bench_node_{args.load}.json")
+    if args.json:
+        write_report(report, args.json)
+    text = format_load_report(report)
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(text + "\n")
+    print(text)
     return 0

@@ -46,7 +46,7 @@ from rcl_interfaces.msg import (
     SetParametersResult,
 )
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -553,7 +553,8 @@ class FusionNode(Node):
         self._warnings: list[str] = []
         self._prev_drops: dict[str, int] = {}
 
-        # One group per input: the two streams run in parallel, each stays in order.
+        # One group per input: each stream stays in order under any executor (the node's
+        # own main() spins a single-threaded one, see make_executor).
         self._thermal_group = MutuallyExclusiveCallbackGroup()
         self._color_group = MutuallyExclusiveCallbackGroup()
         self._feedback_group = MutuallyExclusiveCallbackGroup()
@@ -1202,6 +1203,19 @@ def _first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
+def make_executor(context: Any = None) -> SingleThreadedExecutor:
+    """The executor that spins the node: single-threaded.
+
+    The callbacks only take, view and pair messages (microseconds); fusion runs in the
+    worker thread. rclpy's MultiThreadedExecutor is worse here, not better: while a
+    dispatched callback still waits in its thread pool, the spin thread yields it again and
+    rebuilds the wait set at once instead of waiting, so under a 200 Hz flood it spins
+    thousands of times a second in Python holding the interpreter lock, and the fusion
+    worker (which needs that lock between torch operations) and the pool threads starve.
+    """
+    return SingleThreadedExecutor(context=context)
+
+
 def main(args: Sequence[str] | None = None) -> int:
     """Entry point of ``fusion_node``: spin until Ctrl-C; 0 on a clean exit, 1 when the node
     cannot start (the reason is logged)."""
@@ -1218,7 +1232,7 @@ def main(args: Sequence[str] | None = None) -> int:
         except StartupError as e:
             rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {e}")
             return 1
-        executor = MultiThreadedExecutor(num_threads=4)
+        executor = make_executor()
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

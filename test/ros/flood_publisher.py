@@ -21,7 +21,8 @@ import rclpy
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# test/ (ros_helpers) and the repository root (this checkout's cldyn_ros, not an installed one)
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[2])]
 from ros_helpers import NS, make_image, sample_frames  # noqa: E402
 
 
