@@ -110,7 +110,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     node.add_argument("--window", type=float, default=10.0,
                       help="flood/soak: seconds per latency/RSS window (default 10)")
     node.add_argument("--engine-frames", type=int, default=20,
-                      help="flood: engine-alone frames before and after the node run "
+                      help="flood/soak: engine-alone frames before and after the node run "
                       "(default 20; 0 skips the comparison)")
     node.add_argument("--thermal-encoding", choices=("mono16", "mono8"), default="mono16",
                       help="flood/soak: thermal encoding (default mono16)")

@@ -1,4 +1,4 @@
-"""Node under sustained load (``cldyn bench node --mode flood|soak``).
+"""Node under sustained load (``cldyn bench node --load flood|soak``).
 
 Both modes run the real ``fusion_node`` in its own process and publish from a third process
 (``python -m cldyn_ros.ros.node_load publish ...``), so neither the publisher's Python work nor
@@ -6,13 +6,16 @@ this process's receiving competes with the node for its interpreter lock, as wit
 cameras. This process only receives ``fused/image`` and the node's per-frame ``~/metrics``.
 
 - ``flood``: both inputs at the same high rate (default 200 Hz) for ``seconds``: frames fused
-  per second against the engine alone on the same threads (measured in this process right
-  before and after, interleaved with the node run), drops by cause, the longest gap between
+  per second against the engine alone on the same threads, drops by cause, the longest gap between
   published frames after warm-up against the median processing time, latency p50/p99 per
   window, node RSS at start and end.
 - ``soak``: camera rates (30 Hz colour, 60 Hz thermal) for ``seconds``: latency and RSS per
   window, and the node's counters checked for consistency at the end (every colour frame the
   node received is published or counted as dropped).
+
+Both measure the engine alone (no ROS, this process, same model, size and threads) right
+before and after the node run, so the node's figures have a reference taken on the same
+machine load.
 
 Latency = receive time here - header stamp (the publisher's wall clock, same machine).
 Timings are wall-clock on whatever else the machine runs: never read them as limits.
@@ -59,7 +62,7 @@ class LoadSettings:
     threads: int = 1
     window_s: float = 10.0
     warmup_s: float = 2.0  # flood start excluded from the gap and throughput figures
-    engine_frames: int = 20  # engine-alone frames before and after the node run (flood)
+    engine_frames: int = 20  # engine-alone frames before and after the node run
     startup_timeout: float = 120.0
     out: str = "bench_node_load"
 
@@ -242,8 +245,7 @@ def run_load_bench(settings: LoadSettings, log=None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     engine_before: list[float] = []
     engine_after: list[float] = []
-    flood = settings.mode == "flood"
-    if flood and settings.engine_frames:
+    if settings.engine_frames:
         say(f"engine alone: {settings.engine_frames} frames")
         engine_before = engine_alone_ms(settings, settings.engine_frames)
     env = _ros_environment()
@@ -303,7 +305,7 @@ def run_load_bench(settings: LoadSettings, log=None) -> dict[str, Any]:
         if receiver is not None:
             receiver.close()
         code = node.stop()
-    if flood and settings.engine_frames:
+    if settings.engine_frames:
         say(f"engine alone again: {settings.engine_frames} frames")
         engine_after = engine_alone_ms(settings, settings.engine_frames)
 
@@ -349,6 +351,8 @@ def run_load_bench(settings: LoadSettings, log=None) -> dict[str, Any]:
         "engine_alone_fps": 1e3 / engine_ms if engine else float("nan"),
         "fps_ratio": node_fps * engine_ms / 1e3 if engine else float("nan"),
         "processing_ms": percentiles(proc),
+        # the node's time per fused frame (worker: fuse + publish) against the engine alone
+        "processing_ratio": median_proc / engine_ms if engine and proc else float("nan"),
         "max_gap_ms": float(gaps.max()) if gaps.size else float("nan"),
         "median_gap_ms": float(np.median(gaps)) if gaps.size else float("nan"),
         "gap_over_processing": (float(gaps.max()) / median_proc
@@ -404,7 +408,8 @@ def format_load_report(r: dict[str, Any]) -> str:
         f" engine alone {_f(r['engine_alone_fps'], '{:.2f}')} frames/s "
         f"(median {_f(r['engine_alone_ms']['median'])} ms, before and after); ratio "
         f"{_f(r['fps_ratio'], '{:.2f}')}",
-        f"- processing p50 {_f(r['processing_ms']['p50'])} ms; gap between published frames:"
+        f"- processing in the node p50 {_f(r['processing_ms']['p50'])} ms = "
+        f"{_f(r['processing_ratio'], '{:.2f}')} x the engine alone; gap between published frames:"
         f" median {_f(r['median_gap_ms'])} ms, max {_f(r['max_gap_ms'])} ms = "
         f"{_f(r['gap_over_processing'], '{:.1f}')} x median processing",
         f"- node RSS {_f(r['rss_mb']['start'])} -> {_f(r['rss_mb']['end'])} MB; node CPU "
