@@ -84,10 +84,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     node = p.add_argument_group("node mode (cldyn bench node)")
     node.add_argument("--frames", type=int, default=300, help="measured colour frames")
-    node.add_argument("--size", type=lambda t: _sizes(t)[0], default=(512, 640),
-                      help="WIDTHxHEIGHT of the frames (default 640x512)")
-    node.add_argument("--rgb-rate", type=float, default=30.0, help="colour rate, Hz")
-    node.add_argument("--thermal-rate", type=float, default=60.0, help="thermal rate, Hz")
+    node.add_argument("--size", type=lambda t: _sizes(t)[0], default=None,
+                      help="WIDTHxHEIGHT of the frames (default 640x512; flood/soak 320x256)")
+    node.add_argument("--rgb-rate", type=float, default=None,
+                      help="colour rate, Hz (default 30; flood 200)")
+    node.add_argument("--thermal-rate", type=float, default=None,
+                      help="thermal rate, Hz (default 60; flood 200)")
     node.add_argument("--model", help="checkpoint (default: the bundled default model)")
     node.add_argument("--device", default="auto", help="node device: auto, cpu, cuda")
     node.add_argument("--precision", default="fp32", help="node precision: fp32, fp16, bf16")
@@ -95,8 +97,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     node.add_argument("--qos", choices=("best_effort", "reliable"), default="best_effort",
                       help="input reliability of the node and of the publishers (default "
                       "best_effort, the node's sensor-data default)")
-    node.add_argument("--out", type=Path, default=Path("bench_node"),
-                      help="folder for bench_node.json, bench_node.md and node.log")
+    node.add_argument("--out", type=Path, default=None,
+                      help="folder for bench_node.json, bench_node.md and node.log (default "
+                      "bench_node; flood/soak: bench_node_flood, bench_node_soak)")
     node.add_argument("--load", choices=("stream", "flood", "soak"), default="stream",
                       help="stream (default): --frames colour frames from this process; "
                       "flood: both inputs at --rgb-rate/--thermal-rate (default 200 Hz) for "
@@ -159,6 +162,10 @@ def run_node(args: argparse.Namespace) -> int:
 
     if args.load != "stream":
         return run_node_load(args)
+    args.size = args.size or (512, 640)
+    args.rgb_rate = 30.0 if args.rgb_rate is None else args.rgb_rate
+    args.thermal_rate = 60.0 if args.thermal_rate is None else args.thermal_rate
+    args.out = args.out or Path("bench_node")
     from ..ros.node_bench import NodeBenchSettings, format_node_table, run_node_bench
 
     def log(msg: str) -> None:
@@ -199,11 +206,10 @@ def run_node_load(args: argparse.Namespace) -> int:
 
     flood = args.load == "flood"
     # camera rates unless given; the flood's default is 200 Hz on both inputs
-    rgb = args.rgb_rate if "--rgb-rate" in sys.argv else (200.0 if flood else 30.0)
-    thermal = (args.thermal_rate if "--thermal-rate" in sys.argv
-               else (200.0 if flood else 60.0))
-    h, w = args.size if "--size" in sys.argv else (256, 320)
-    out = args.out if "--out" in sys.argv else Path(f"bench_node_{args.load}")
+    rgb = args.rgb_rate if args.rgb_rate is not None else (200.0 if flood else 30.0)
+    thermal = args.thermal_rate if args.thermal_rate is not None else (200.0 if flood else 60.0)
+    h, w = args.size or (256, 320)
+    out = args.out or Path(f"bench_node_{args.load}")
     settings = LoadSettings(
         model=str(args.model or default_model_path()), mode=args.load, seconds=args.seconds,
         height=h, width=w, rgb_rate=rgb, thermal_rate=thermal,

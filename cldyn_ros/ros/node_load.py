@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import subprocess
 import sys
 import threading
@@ -319,17 +320,17 @@ def run_load_bench(settings: LoadSettings, log=None) -> dict[str, Any]:
     settled_s = (recv_times[-1] - recv_times[0]) / _NS if len(recv_times) > 1 else 0.0
     node_fps = (len(recv_times) - 1) / settled_s if settled_s > 0 else float("nan")
     windows = []
-    w = 0
-    while start + int(w * settings.window_s * _NS) < end:
+    # windows of the nominal duration; the last one takes the publisher's overrun too
+    n_windows = max(1, math.ceil(settings.seconds / settings.window_s - 1e-6))
+    for w in range(n_windows):
         lo = start + int(w * settings.window_s * _NS)
-        hi = lo + int(settings.window_s * _NS)
+        hi = end + 1 if w == n_windows - 1 else lo + int(settings.window_s * _NS)
         lat = [(t - s) / 1e6 for t, s in run if lo <= s < hi]
-        rss_w = [m for t, m in rss if w * settings.window_s <= t < (w + 1) * settings.window_s
-                 and m is not None]
+        top = math.inf if w == n_windows - 1 else (w + 1) * settings.window_s
+        rss_w = [m for t, m in rss if w * settings.window_s <= t < top and m is not None]
         p = percentiles(lat)
         windows.append({"t0_s": w * settings.window_s, "fused": len(lat), "p50_ms": p["p50"],
                         "p99_ms": p["p99"], "rss_mb": max(rss_w) if rss_w else None})
-        w += 1
     delta = {k: counters_end.get(k, 0.0) - counters_start.get(k, 0.0) for k in COUNTERS}
     engine = engine_before + engine_after
     engine_ms = float(np.median(engine)) if engine else float("nan")
