@@ -1,9 +1,10 @@
 """Helpers for the fusion node tests: a small checkpoint, an rclpy context with a spinning
 executor, and a harness node that plays the cameras and records what the node publishes.
 
-Every test gets its own rclpy Context (so rclpy.shutdown in teardown is per test), spun by a
-MultiThreadedExecutor in a background thread that teardown joins. Import from test modules
-as ``from ros_helpers import ...`` (test/ is on sys.path, see helpers.py).
+Every test gets its own rclpy Context (so rclpy.shutdown in teardown is per test), spun by
+the node's kind of executor (make_executor) in a background thread that teardown joins.
+Import from test modules as ``from ros_helpers import ...`` (test/ is on sys.path, see
+helpers.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter, parameter_value_to_python
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -232,15 +233,18 @@ class _Spinner:
 class RosTestEnv:
     """A fresh rclpy context, executors spinning in threads, and cleanup of every node.
 
-    The nodes under test share one multi-threaded executor; each test harness gets an
-    executor and thread of its own, so a flood of input callbacks to the node under test
-    cannot delay the harness's receive callbacks (and with them the measured latencies).
+    The nodes under test share one executor of the kind the node's main() uses
+    (:func:`cldyn_ros.ros.node.make_executor`); each test harness gets an executor and thread
+    of its own, so a flood of input callbacks to the node under test cannot delay the
+    harness's receive callbacks (and with them the measured latencies).
     """
 
     def __init__(self) -> None:
         self.context = Context()
         rclpy.init(context=self.context, signal_handler_options=SignalHandlerOptions.NO)
-        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        from cldyn_ros.ros.node import make_executor
+
+        self.executor = make_executor(self.context)
         self._spinners = [_Spinner(self.executor, "test-executor", self.context)]
         self.nodes: list[Node] = []
 

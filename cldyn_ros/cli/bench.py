@@ -85,18 +85,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     node = p.add_argument_group("node mode (cldyn bench node)")
     node.add_argument("--frames", type=int, default=300, help="measured colour frames")
-    node.add_argument("--size", type=lambda t: _sizes(t)[0], default=(512, 640),
-                      help="WIDTHxHEIGHT of the frames (default 640x512)")
-    node.add_argument("--rgb-rate", type=float, default=30.0, help="colour rate, Hz")
-    node.add_argument("--thermal-rate", type=float, default=60.0, help="thermal rate, Hz")
+    node.add_argument("--size", type=lambda t: _sizes(t)[0], default=None,
+                      help="WIDTHxHEIGHT of the frames (default 640x512; flood/soak 320x256)")
+    node.add_argument("--rgb-rate", type=float, default=None,
+                      help="colour rate, Hz (default 30; flood 200)")
+    node.add_argument("--thermal-rate", type=float, default=None,
+                      help="thermal rate, Hz (default 60; flood 200)")
     node.add_argument("--model", help="checkpoint (default: the bundled default model)")
     add_option(node, "device")
     add_option(node, "precision")
     node.add_argument("--task", default="", help="node task (default: the node's)")
     add_option(node, "qos_reliability", "--qos",
                help_note="also the reliability of the benchmark's publishers")
-    node.add_argument("--out", type=Path, default=Path("bench_node"),
-                      help="folder for bench_node.json, bench_node.md and node.log")
+    node.add_argument("--out", type=Path, default=None,
+                      help="folder for bench_node.json, bench_node.md and node.log (default "
+                      "bench_node; flood/soak: bench_node_flood, bench_node_soak)")
+    node.add_argument("--load", choices=("stream", "flood", "soak"), default="stream",
+                      help="stream (default): --frames colour frames from this process; "
+                      "flood: both inputs at --rgb-rate/--thermal-rate (default 200 Hz) for "
+                      "--seconds from a separate publisher process, with the engine alone "
+                      "measured before and after (frames/s ratio, drops by cause, longest gap "
+                      "between published frames, latency and RSS per --window); soak: the "
+                      "same at camera rates (default 30/60 Hz) with the node's counters "
+                      "checked (published + dropped = received)")
+    node.add_argument("--seconds", type=float, default=60.0,
+                      help="flood/soak duration (default 60)")
+    node.add_argument("--window", type=float, default=10.0,
+                      help="flood/soak: seconds per latency/RSS window (default 10)")
+    node.add_argument("--engine-frames", type=int, default=20,
+                      help="flood/soak: engine-alone frames before and after the node run "
+                      "(default 20; 0 skips the comparison)")
+    node.add_argument("--thermal-encoding", choices=("mono16", "mono8"), default="mono16",
+                      help="flood/soak: thermal encoding (default mono16)")
     p.set_defaults(func=run)
 
 
@@ -139,6 +159,13 @@ def run(args: argparse.Namespace) -> int:
 
 def run_node(args: argparse.Namespace) -> int:
     from ..paths import default_model_path
+
+    if args.load != "stream":
+        return run_node_load(args)
+    args.size = args.size or (512, 640)
+    args.rgb_rate = 30.0 if args.rgb_rate is None else args.rgb_rate
+    args.thermal_rate = 60.0 if args.thermal_rate is None else args.thermal_rate
+    args.out = args.out or Path("bench_node")
     from ..ros.node_bench import NodeBenchSettings, format_node_table, run_node_bench
 
     def log(msg: str) -> None:
@@ -166,4 +193,39 @@ def run_node(args: argparse.Namespace) -> int:
         args.markdown.write_text(table + "\n")
     print(table)
     print(json.dumps({"machine": report["machine"], "frames": report["frames"]}, default=str))
+    return 0
+
+
+def run_node_load(args: argparse.Namespace) -> int:
+    from ..paths import default_model_path
+    from ..ros.node_load import LoadSettings, format_load_report, run_load_bench
+    from ..tools.bench import write_report
+
+    def log(msg: str) -> None:
+        if not args.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    flood = args.load == "flood"
+    # camera rates unless given; the flood's default is 200 Hz on both inputs
+    rgb = args.rgb_rate if args.rgb_rate is not None else (200.0 if flood else 30.0)
+    thermal = args.thermal_rate if args.thermal_rate is not None else (200.0 if flood else 60.0)
+    h, w = args.size or (256, 320)
+    out = args.out or Path(f"bench_node_{args.load}")
+    settings = LoadSettings(
+        model=str(args.model or default_model_path()), mode=args.load, seconds=args.seconds,
+        height=h, width=w, rgb_rate=rgb, thermal_rate=thermal,
+        thermal_encoding=args.thermal_encoding,
+        device="cpu" if args.device == "auto" else args.device, precision=args.precision,
+        threads=args.threads or 1, window_s=args.window, out=str(out),
+        engine_frames=args.engine_frames)
+    report = run_load_bench(settings, log=log)
+    report["command"] = "cldyn bench " + " ".join(sys.argv[2:])
+    write_report(report, out / f"bench_node_{args.load}.json")
+    if args.json:
+        write_report(report, args.json)
+    text = format_load_report(report)
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(text + "\n")
+    print(text)
     return 0

@@ -33,7 +33,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -222,7 +222,7 @@ class FusionNode(Node):
             self.engine, s, self.get_name(), on_error=self._on_pipeline_error,
             on_info=self.get_logger().info,
         )
-        groups = {k: MutuallyExclusiveCallbackGroup()  # inputs in parallel, each in order
+        groups = {k: MutuallyExclusiveCallbackGroup()  # each input stays in order
                   for k in ("thermal", "color", "feedback", "timer")}
         self._fused_pub = self.create_publisher(Image, FUSED_TOPIC, _OUT_QOS)
         self._task_pubs: dict[str, Any] = {}
@@ -475,6 +475,19 @@ class FusionNode(Node):
         super().destroy_node()
 
 
+def make_executor(context: Any = None) -> SingleThreadedExecutor:
+    """The executor that spins the node: single-threaded.
+
+    The callbacks only take, view and pair messages (microseconds); fusion runs in the
+    worker thread. rclpy's MultiThreadedExecutor is worse here, not better: while a
+    dispatched callback still waits in its thread pool, the spin thread yields it again and
+    rebuilds the wait set at once instead of waiting, so under a 200 Hz flood it spins
+    thousands of times a second in Python holding the interpreter lock, and the fusion
+    worker (which needs that lock between torch operations) and the pool threads starve.
+    """
+    return SingleThreadedExecutor(context=context)
+
+
 def main(args: Sequence[str] | None = None) -> int:
     """Entry point of ``fusion_node``: spin until Ctrl-C; 0 on a clean exit, 1 when the node
     cannot start (the reason is logged)."""
@@ -491,7 +504,7 @@ def main(args: Sequence[str] | None = None) -> int:
         except StartupError as e:
             rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {e}")
             return 1
-        executor = MultiThreadedExecutor(num_threads=4)
+        executor = make_executor()
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

@@ -197,3 +197,39 @@ def test_node_bench_report_schema_and_counts(tmp_path, capsys):
 
 def test_stage_names_are_documented():
     assert STAGES[-1] == "total" and "fuse" in STAGES
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("load", ["flood", "soak"])
+def test_node_load_report_accounts_for_every_frame(tmp_path, load):
+    """``cldyn bench node --load flood|soak``: node, publisher and receiver in three processes,
+    tiny frames; every colour frame the node received is published or counted as dropped, and
+    the windows cover the run (no timing assertion)."""
+    pytest.importorskip("rclpy")
+    from ros_helpers import write_checkpoint
+
+    model = write_checkpoint(tmp_path / "model.pt", tasks=())
+    out = tmp_path / load
+    code = main(["bench", "node", "--load", load, "--seconds", "4", "--window", "2",
+                 "--size", "80x64", "--model", str(model), "--device", "cpu",
+                 "--threads", "1", "--engine-frames", "2", "--out", str(out), "--quiet"])
+    assert code == 0
+    report = json.loads((out / f"bench_node_{load}.json").read_text())
+    assert report["kind"] == f"node-{load}" and report["node"]["exit_code"] == 0
+    rates = (200.0, 200.0) if load == "flood" else (30.0, 60.0)
+    assert (report["settings"]["rgb_rate"], report["settings"]["thermal_rate"]) == rates
+    a = report["accounting"]
+    assert a["colour_sent"] == report["sent"]["sent"]["rgb"] > 0
+    assert 0 < a["colour_received_by_node"] <= a["colour_sent"]
+    assert a["pairs_equal_processed_plus_dropped"]
+    assert 0 < a["received_here"] <= a["published"]
+    # the rest of the received colour frames: out of order, stale or overflow (counters of
+    # both streams), give or take the frames in flight when the counters were read
+    assert -2 <= a["dropped_other"] <= a["other_bound"] + 2
+    assert len(report["windows"]) == 2
+    assert sum(w["fused"] for w in report["windows"]) == report["fused"] == a["received_here"]
+    assert len(report["engine_alone_ms"]["before"]) == len(report["engine_alone_ms"]["after"]) == 2
+    assert report["rss_mb"]["start"] > 0 and report["rss_mb"]["end"] > 0
+    assert "| window from s |" in (out / f"bench_node_{load}.md").read_text()
