@@ -24,7 +24,9 @@ from torch import Tensor
 
 from ..model import CLDyN, CLDyNConfig
 
-FORMAT = "cldyn_ros.inference.checkpoint"
+# The on-disk format's name, fixed: it does not follow the module's place in the package
+# (the shipped models carry it).
+FORMAT = "cldyn_ros.checkpoint"
 FORMAT_VERSION = 1
 #: Reserved task name: plain VFN fusion, no compensation.
 NO_TASK = "none"

@@ -324,3 +324,10 @@ def test_error_message_format(tmp_path):
     error = CheckpointError(tmp_path / "x.pt", "something broke")
     assert str(error) == f"cannot use model file '{tmp_path / 'x.pt'}': something broke"
     assert error.problem == "something broke"
+
+
+@pytest.mark.parametrize("name", ["cldyn_default.pt", "cldyn_tasks.pt"])
+def test_the_shipped_models_load(name):
+    path = Path(__file__).resolve().parents[2] / "models" / name
+    loaded = load_checkpoint(path)
+    assert loaded.model.config.num_blocks == 2
