@@ -16,6 +16,10 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
     g.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
     g.add_argument("--threads", type=int, help="CPU threads for torch")
+    g.add_argument("--internal-scale", type=float, default=None,
+                   help="run the network at this fraction of the frame size, in (0, 1], the "
+                   "prior and the composition at full size (CPU mode; default: the "
+                   "checkpoint's setting, else 1)")
     t = parser.add_argument_group("thermal input")
     t.add_argument("--thermal-mode", default="auto", choices=THERMAL_MODES,
                    help="auto: 8-bit scaled by 1/255, 16-bit stretched between percentiles")
@@ -41,6 +45,7 @@ def engine_from_args(args: argparse.Namespace) -> FusionEngine:
         thermal_mode=args.thermal_mode,
         registration=Registration(args.homography),
         threads=args.threads,
+        internal_scale=args.internal_scale,
     )
 
 

@@ -36,6 +36,7 @@ from ..imaging.registration import Registration
 from ..imaging.thermal import _MAX_SAMPLES, ThermalNormalizer
 from ..model import rgb_to_ycbcr, ycbcr_to_rgb
 from .checkpoint import NO_TASK, LoadedModel, load_checkpoint
+from .reduced_scale import ReducedScaleFusion, check_internal_scale
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +238,7 @@ class _Runner:
         compile: bool,
         compile_backend: str | None,
         compile_mode: str | None,
+        internal_scale: float = 1.0,
     ) -> None:
         model = loaded.model.to(device).eval()
         if embed_max_side is None:
@@ -259,6 +261,11 @@ class _Runner:
             # convolutions without converting layouts on every call.
             model = model.to(memory_format=torch.channels_last)
         self.model = model
+        #: What runs the frames: the model, or the model at a reduced internal scale.
+        self.network: torch.nn.Module = (
+            ReducedScaleFusion(model, internal_scale) if internal_scale < 1.0 else model
+        )
+        self.internal_scale = internal_scale
         self.device = device
         self.channels_last = channels_last
         self.compile = compile
@@ -305,8 +312,8 @@ class _Runner:
         return fn(self._prepare(ir), self._prepare(vis_y), stacked, strengths, embs)
 
     def _fn(self, kind: str, t: int, ir: Tensor) -> Callable:
-        model = self.model
-        eager = model.forward if kind == "plain" else model.fuse_tasks
+        network = self.network
+        eager = network.forward if kind == "plain" else network.fuse_tasks
         if not self.compile:
             return eager
         key = (kind, t, *ir.shape[-2:])
@@ -350,6 +357,12 @@ class FusionEngine:
             out-of-memory or CUDA error (``None``: raise :class:`DeviceError`).
         warmup: frame size ``(H, W)`` to run once at start (compiles, allocates buffers),
             so the first real frame is not slow.
+        internal_scale: run the network at this fraction of the frame's size, in ``(0, 1]``,
+            with the model's parameter-free prior and the composition at full size
+            (:class:`~cldyn_ros.inference.reduced_scale.ReducedScaleFusion`; needs a model
+            with a prior). About ``internal_scale^2`` of the network's cost: the CPU mode.
+            ``1`` is the model as trained at full size; ``None``: the checkpoint's
+            ``internal_scale`` metadata (a model fine-tuned for a scale), else 1.
     """
 
     def __init__(
@@ -374,6 +387,7 @@ class FusionEngine:
         onnx_providers: Sequence[str] | None = None,
         fallback_device: str | None = None,
         warmup: tuple[int, int] | None = None,
+        internal_scale: float | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got '{precision}'")
@@ -394,6 +408,12 @@ class FusionEngine:
                 model = default_model_path()
             model = load_checkpoint(Path(model), self.device)
         self.loaded = model
+        if internal_scale is None:
+            internal_scale = model.metadata.get("internal_scale", 1.0)
+        self.internal_scale = check_internal_scale(internal_scale)
+        if self.internal_scale < 1.0 and backend == "onnx":
+            raise ValueError("internal_scale < 1 runs in the torch backend only (the exported "
+                             "ONNX graph is the full-resolution model)")
         self.loaded.model.to(self.device).eval()
         self.task_vectors = {k: v.to(self.device) for k, v in model.task_vectors.items()}
         self.normalizer = normalizer or ThermalNormalizer()
@@ -409,6 +429,7 @@ class FusionEngine:
         self._runner_args = dict(
             optimize=optimize, channels_last=channels_last, embed_max_side=embed_max_side,
             compile=compile, compile_backend=compile_backend, compile_mode=compile_mode,
+            internal_scale=self.internal_scale,
         )
         self.runner = _Runner(self.loaded, self.device, **self._runner_args)
         self.fallback_device = select_device(fallback_device) if fallback_device else None
