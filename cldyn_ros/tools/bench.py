@@ -133,11 +133,18 @@ class BenchCase:
     tasks: int
     path: str
     embed_max_side: int = 0
+    internal_scale: float = 1.0
+    threads: int = 0  # torch threads while this case runs (0: the process's setting)
 
     @property
     def name(self) -> str:
-        return (f"{self.width}x{self.height} {self.device} {self.precision} "
+        name = (f"{self.width}x{self.height} {self.device} {self.precision} "
                 f"T={self.tasks} {self.path} emb={self.embed_max_side or 'full'}")
+        if self.internal_scale != 1.0:
+            name += f" scale={self.internal_scale:g}"
+        if self.threads:
+            name += f" thr={self.threads}"
+        return name
 
 
 def _engine_for(case: BenchCase, loaded: LoadedModel, threads: int | None,
@@ -164,8 +171,9 @@ def _engine_for(case: BenchCase, loaded: LoadedModel, threads: int | None,
                     height=case.height, width=case.width, embed_max_side=case.embed_max_side)
         kwargs["backend"] = "onnx"
         kwargs["onnx_path"] = buf.getvalue()
-    return FusionEngine(loaded, device=case.device, precision=case.precision, threads=threads,
-                        embed_max_side=case.embed_max_side, **kwargs)
+    return FusionEngine(loaded, device=case.device, precision=case.precision,
+                        threads=case.threads or threads, embed_max_side=case.embed_max_side,
+                        internal_scale=case.internal_scale, **kwargs)
 
 
 class _CaseRunner:
@@ -186,6 +194,8 @@ class _CaseRunner:
         self.cuda = self.engine.device.type == "cuda"
 
     def frame(self, warm: bool = False) -> float:
+        if self.case.threads:  # interleaved cases with different thread counts
+            torch.set_num_threads(self.case.threads)
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(self.engine.device)
         t0 = time.perf_counter()
@@ -280,35 +290,49 @@ def run_model_bench(
     embed_max_sides: Sequence[int] = (0,),
     iterations: int = 5,
     warmup: int = 1,
-    threads: int | None = None,
+    threads: int | Sequence[int] | None = None,
     with_metrics: bool = False,
     loaded: LoadedModel | None = None,
     log: Callable[[str], None] | None = None,
     compile_backend: str | None = None,
     interleave: bool = False,
+    internal_scales: Sequence[float] = (1.0,),
 ) -> dict[str, Any]:
     """Measure every combination, with the baseline (eager, fp32, full-resolution
-    embedding) of each (resolution, device, task count) measured in the same run, first.
+    embedding, internal scale 1, the first thread count) of each (resolution, device, task
+    count) measured in the same run, first.
+
+    ``threads`` is one torch thread count for the whole run, or several: each is then a
+    case axis (set before each of the case's frames, so cases interleave).
+    ``internal_scales`` are the engine's ``internal_scale`` values (reduced-resolution
+    network; needs a model with a prior, e.g. the shipped default as ``loaded``).
 
     Returns a JSON-ready dict: ``machine``, ``settings``, ``results`` (one per case, each
     with ``speedup`` = baseline mean total / this mean total).
     """
     loaded = loaded or bench_model(tasks=max(max(task_counts), 1))
-    if threads:
-        torch.set_num_threads(threads)
+    thread_axis = [int(threads)] if isinstance(threads, int) else list(threads or [])
+    per_case_threads = len(thread_axis) > 1
+    if thread_axis:
+        torch.set_num_threads(thread_axis[0])
+    threads = thread_axis[0] if thread_axis else None
+    case_threads = thread_axis if per_case_threads else [0]
     results: list[dict[str, Any]] = []
     for h, w in resolutions:
         for device in devices:
             for t in task_counts:
-                base_case = BenchCase(h, w, device, "fp32", t, "eager", 0)
+                base_case = BenchCase(h, w, device, "fp32", t, "eager", 0, 1.0, case_threads[0])
                 cases = [base_case] + [
-                    BenchCase(h, w, device, p, t, path, e)
+                    BenchCase(h, w, device, p, t, path, e, s, n)
                     for path in paths
                     # onnxruntime runs the exported fp32 graph (precision is the provider's)
                     for p in (["fp32"] if path == "onnx" else precisions)
                     for e in embed_max_sides
-                    if (path, p, e) != ("eager", "fp32", 0)
+                    for s in internal_scales
+                    for n in case_threads
+                    if (path, p, e, s, n) != ("eager", "fp32", 0, 1.0, case_threads[0])
                     and not (device == "cpu" and p == "fp16")  # no fp16 kernels on CPU
+                    and not (path == "onnx" and s != 1.0)  # the export is full resolution
                 ]
                 base = None
                 if interleave:
@@ -349,7 +373,9 @@ def run_model_bench(
             "resolutions": [list(r) for r in resolutions], "devices": list(devices),
             "precisions": list(precisions), "tasks": list(task_counts), "paths": list(paths),
             "embed_max_sides": list(embed_max_sides), "iterations": iterations,
-            "warmup": warmup, "threads": threads, "compile_backend": compile_backend,
+            "internal_scales": list(internal_scales),
+            "warmup": warmup, "threads": thread_axis if per_case_threads else threads,
+            "compile_backend": compile_backend,
             "interleave": interleave,
         },
         "results": results,
@@ -548,4 +574,38 @@ def write_report(report: dict[str, Any], path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return path
+
+
+def plot_cost_curve(report: dict[str, Any], path: str | os.PathLike) -> Path:
+    """PNG of a :func:`run_model_bench` report: total ms per frame (p50) against the
+    internal scale, one line per frame size and (path, precision, threads) combination,
+    the eager baselines left out. Log-scaled time axis."""
+    from ..offline.plots import _pyplot
+
+    plt = _pyplot()
+    lines: dict[tuple, list[tuple[float, float]]] = {}
+    for r in report["results"]:
+        if "error" in r or r["path"] == "eager":
+            continue
+        key = (f"{r['width']}x{r['height']}", r["path"], r["precision"], r.get("threads", 0))
+        lines.setdefault(key, []).append((r.get("internal_scale", 1.0),
+                                          r["stages"]["total"]["p50"]))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for (size, path_name, precision, threads), points in sorted(lines.items()):
+        points.sort()
+        label = f"{size} {path_name} {precision}" + (f" {threads} thr" if threads else "")
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    ax.set_xlabel("internal scale (network resolution / frame resolution)")
+    ax.set_ylabel("ms per frame (engine total, p50)")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    load = report.get("machine", {}).get("load_average")
+    ax.set_title(f"cldyn bench, CPU{f', load {load[0]:.1f}' if load else ''}", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
     return path
