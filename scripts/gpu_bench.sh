@@ -49,7 +49,7 @@ log "machine"
 
 if [ -z "${CLDYN_BENCH_SKIP_TESTS:-}" ]; then
   log "CUDA parity tests"
-  "$PY" -m pytest -q -p no:cacheprovider test/test_speed_paths.py -k "cuda or compile or oom or fall" \
+  "$PY" -m pytest -q -p no:cacheprovider test/inference/test_speed_paths.py -k "cuda or compile or oom or fall" \
     > "$OUT_DIR/tests.txt" 2>&1 || { log "parity tests FAILED (see tests.txt)"; status=1; }
   tail -3 "$OUT_DIR/tests.txt" | tee -a "$OUT_DIR/log.txt"
 fi

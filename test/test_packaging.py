@@ -301,3 +301,20 @@ def test_installed_share_directory():
     assert marker.is_file(), f"ament index marker missing: {marker}"
     scripts = [prefix / "bin" / "cldyn", prefix / "lib" / PACKAGE / "cldyn"]
     assert any(s.is_file() for s in scripts), f"no cldyn script in {scripts}"
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_importing_the_package_first_makes_openmp_threads_sleep_unless_told(given, expected):
+    """The policy must be in the environment before torch loads libgomp; an explicit
+    setting is kept."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    code = "import os, cldyn_ros, torch; print(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=300, check=True).stdout.split()
+    assert out[-1] == expected

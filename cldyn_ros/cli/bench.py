@@ -34,6 +34,14 @@ def _ints(text: str) -> list[int]:
             f"bad list '{text}' (want integers, comma-separated)") from None
 
 
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"bad list '{text}' (want numbers, comma-separated)") from None
+
+
 def _names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
@@ -72,7 +80,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iterations", type=int, default=5, help="measured frames per case")
     p.add_argument("--warmup", type=int, default=None,
                    help="unmeasured frames per case (default 1; node: colour frames, 5)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--internal-scales", type=_floats, default=[1.0],
+                   help="engine internal_scale values (network at this fraction of the frame "
+                   "size, prior at full size; needs a model with a prior, e.g. --model "
+                   "models/cldyn_default.pt), e.g. 1,0.5,0.25 (default 1)")
+    p.add_argument("--threads", type=_ints, default=None,
+                   help="torch CPU threads (default: torch's); several, e.g. 1,2, make "
+                   "threads a case axis (node mode: the first)")
     p.add_argument("--metrics", action="store_true", help="also time the fast fusion metrics")
     p.add_argument("--compile-backend", help="torch.compile backend of the compiled path "
                    "(default inductor; 'eager' only checks the plumbing, fast)")
@@ -82,6 +96,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "changes; all engines are held at once")
     p.add_argument("--json", type=Path, help="write the full report here")
     p.add_argument("--markdown", type=Path, help="write the table here")
+    p.add_argument("--plot", type=Path, help="model mode: PNG of ms per frame against the "
+                   "internal scale, one line per frame size")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     node = p.add_argument_group("node mode (cldyn bench node)")
     node.add_argument("--frames", type=int, default=300, help="measured colour frames")
@@ -91,7 +107,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="colour rate, Hz (default 30; flood 200)")
     node.add_argument("--thermal-rate", type=float, default=None,
                       help="thermal rate, Hz (default 60; flood 200)")
-    node.add_argument("--model", help="checkpoint (default: the bundled default model)")
+    p.add_argument("--model", help="checkpoint (model mode default: a random-weight model of "
+                   "the default architecture with RSC; node mode: the bundled default model)")
     add_option(node, "device")
     add_option(node, "precision")
     node.add_argument("--task", default="", help="node task (default: the node's)")
@@ -138,7 +155,17 @@ def run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(msg, file=sys.stderr, flush=True)
 
+    from ..inference.engine import check_internal_scale
+
+    for scale in args.internal_scales:
+        check_internal_scale(scale)
+    loaded = None
+    if args.model:
+        from ..inference.checkpoint import load_checkpoint
+
+        loaded = load_checkpoint(args.model)
     report = run_model_bench(
+        loaded=loaded, internal_scales=args.internal_scales,
         resolutions=args.sizes, devices=devices, precisions=args.precisions,
         task_counts=args.tasks, paths=args.paths, embed_max_sides=args.embed_max_sides,
         iterations=args.iterations, warmup=args.warmup, threads=args.threads,
@@ -152,6 +179,10 @@ def run(args: argparse.Namespace) -> int:
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(table + "\n")
+    if args.plot:
+        from ..offline.plots import plot_cost_curve
+
+        plot_cost_curve(report, args.plot)
     print(table)
     print(json.dumps({"machine": report["machine"]}, default=str))
     return 0
@@ -177,8 +208,8 @@ def run_node(args: argparse.Namespace) -> int:
         model=str(args.model or default_model_path()), frames=args.frames, height=h, width=w,
         rgb_rate=args.rgb_rate, thermal_rate=args.thermal_rate,
         warmup=5 if args.warmup is None else args.warmup, device=args.device,
-        precision=args.precision, task=args.task, threads=args.threads or 0,
-        qos=args.qos_reliability,
+        precision=args.precision, task=args.task,
+        threads=args.threads[0] if args.threads else 0, qos=args.qos_reliability,
         out=str(args.out))
     report = run_node_bench(settings, log=log)
     report["command"] = "cldyn bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else ""

@@ -31,6 +31,7 @@ def add_engine_args(parser: argparse.ArgumentParser, per_image: bool = True) -> 
     add_option(g, "device")
     add_option(g, "precision")
     add_option(g, "threads")
+    add_option(g, "internal_scale")
     t = parser.add_argument_group("thermal input")
     add_option(t, "thermal_mode")
     add_option(t, "thermal_low_percentile", "--thermal-low")
@@ -57,6 +58,7 @@ def engine_from_args(args: argparse.Namespace) -> FusionEngine:
         thermal_mode=args.thermal_mode,
         registration=Registration(args.homography or None),
         threads=args.threads or None,
+        internal_scale=args.internal_scale or None,
     )
 
 

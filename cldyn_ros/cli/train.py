@@ -51,6 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         ("max-minutes", float, "stop after this many minutes of training, saving state"),
         ("checkpoint-every", int, "steps between training-state saves (default 50)"),
         ("threads", int, "CPU threads"),
+        ("internal-scale", float, "run the network at this fraction of the crop size, the "
+         "prior and the loss at full size, as the engine's internal_scale (needs a prior; "
+         "default 1)"),
     ):
         v.add_argument(f"--{name}", type=typ, help=text)
     v.add_argument("--qabf-border", choices=("valid", "zeros", "reflect"),
@@ -163,6 +166,9 @@ def _register_rsc(stages: argparse._SubParsersAction) -> None:
         ("seed", int, "random seed (default 0)"),
         ("max-minutes", float, "stop after this many minutes of training, saving state"),
         ("threads", int, "CPU threads"),
+        ("internal-scale", float, "run the network at this fraction of the crop size, the "
+         "prior and the loss at full size, as the engine's internal_scale (needs a prior; "
+         "default 1)"),
     ):
         r.add_argument(f"--{name}", type=typ, help=text)
     r.add_argument("--precision", choices=("fp32", "bf16"), help="default fp32")

@@ -52,6 +52,7 @@ from ..model import rgb_to_ycbcr, ycbcr_to_rgb
 from .backend import DeviceError, FusionBackend, InputError, TaskError, TaskRequest
 from .checkpoint import NO_TASK, LoadedModel, load_checkpoint
 from .fast import inference_copy
+from .reduced_scale import ReducedScaleFusion, check_internal_scale
 
 __all__ = [
     "BACKENDS", "PRECISIONS", "THERMAL_MODES", "DeviceError", "FusionBackend", "FusionEngine",
@@ -201,6 +202,7 @@ class TorchRunner:
         compile: bool,
         compile_backend: str | None,
         compile_mode: str | None,
+        internal_scale: float = 1.0,
     ) -> None:
         model = loaded.model.to(device).eval()
         if embed_max_side is None:
@@ -223,6 +225,11 @@ class TorchRunner:
             # convolutions without converting layouts on every call.
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.model = model
+        #: What runs the frames: the model, or the model at a reduced internal scale.
+        self.network: torch.nn.Module = (
+            ReducedScaleFusion(model, internal_scale) if internal_scale < 1.0 else model
+        )
+        self.internal_scale = internal_scale
         self.device = device
         self.channels_last = channels_last
         self.compile = compile
@@ -287,8 +294,9 @@ class TorchRunner:
         return torch.stack(out).contiguous()  # type: ignore[arg-type]
 
     def _fn(self, kind: str, t: int, ir: Tensor) -> Callable:
-        model = self.model
-        eager = model.forward if kind == "plain" else model.fuse_tasks
+        network = self.network
+        eager = cast(Callable[..., Any],
+                     network.forward if kind == "plain" else network.fuse_tasks)
         if not self.compile:
             return eager
         key = (kind, t, *ir.shape[-2:])
@@ -337,6 +345,12 @@ class FusionEngine:
             so the first real frame is not slow.
         cpu_features: CPU feature flags the precision is checked against (``None``: this
             machine's, :func:`cpu_features`).
+        internal_scale: run the network at this fraction of the frame's size, in ``(0, 1]``,
+            with the model's parameter-free prior and the composition at full size
+            (:class:`~cldyn_ros.inference.reduced_scale.ReducedScaleFusion`; needs a model
+            with a prior). About ``internal_scale^2`` of the network's cost: the CPU mode.
+            ``1`` is the model as trained at full size; ``None``: the checkpoint's
+            ``internal_scale`` metadata (a model fine-tuned for a scale), else 1.
     """
 
     def __init__(
@@ -362,6 +376,7 @@ class FusionEngine:
         fallback_device: str | None = None,
         warmup: tuple[int, int] | None = None,
         cpu_features: Iterable[str] | None = None,
+        internal_scale: float | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got '{precision}'")
@@ -384,6 +399,12 @@ class FusionEngine:
                 model = default_model_path()
             model = load_checkpoint(Path(model), self.device)
         self.loaded = model
+        if internal_scale is None:
+            internal_scale = model.metadata.get("internal_scale", 1.0)
+        self.internal_scale = check_internal_scale(internal_scale)
+        if self.internal_scale < 1.0 and backend == "onnx":
+            raise ValueError("internal_scale < 1 runs in the torch backend only (the exported "
+                             "ONNX graph is the full-resolution model)")
         self.loaded.model.to(self.device).eval()
         self.task_vectors = {k: v.to(self.device) for k, v in model.task_vectors.items()}
         self.normalizer = normalizer or ThermalNormalizer()
@@ -399,6 +420,7 @@ class FusionEngine:
         self._runner_args: dict[str, Any] = dict(
             optimize=optimize, channels_last=channels_last, embed_max_side=embed_max_side,
             compile=compile, compile_backend=compile_backend, compile_mode=compile_mode,
+            internal_scale=self.internal_scale,
         )
         self.runner = TorchRunner(self.loaded, self.device, **self._runner_args)
         self.fallback_device = select_device(fallback_device) if fallback_device else None

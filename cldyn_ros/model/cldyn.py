@@ -151,12 +151,30 @@ class CLDyN(nn.Module):
         Returns:
             ``(T, B, 1, H, W)``.
         """
+        t = task_vectors.shape[0]
+        features = self.task_features(ir, vis_y, task_vectors, strength, task_embeddings)
+        prior = self.vfn.prior_image(ir, vis_y)
+        if prior is not None:
+            prior = prior.repeat(t, 1, 1, 1)
+        fused = self.vfn.fuse_features(*features, prior)
+        return fused.view(t, ir.shape[0], *fused.shape[1:])
+
+    def task_features(
+        self,
+        ir: Tensor,
+        vis_y: Tensor,
+        task_vectors: Tensor,
+        strength: Tensor | float = 1.0,
+        task_embeddings: dict[tuple[str, int], Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """The compensated encoder features of :meth:`fuse_tasks` (everything before the
+        attention fusion): two ``(T x B, 8, H, W)``, task-major."""
         t, b = task_vectors.shape[0], ir.shape[0]
         strengths = torch.as_tensor(strength, dtype=ir.dtype, device=ir.device).expand(t)
         embs = None
         if task_embeddings is not None:
             embs = {k: v.repeat_interleave(b, dim=0) for k, v in task_embeddings.items()}
-        fused = self._compensated(
+        return self._encode_compensated(
             ir,
             vis_y,
             task_vectors.to(ir.dtype).repeat_interleave(b, dim=0),
@@ -164,7 +182,6 @@ class CLDyN(nn.Module):
             repeats=t,
             task_embeddings=embs,
         )
-        return fused.view(t, b, *fused.shape[1:])
 
     def fuse_per_sample(
         self, ir: Tensor, vis_y: Tensor, task_features: Tensor, strength: Tensor | float = 1.0
@@ -181,9 +198,10 @@ class CLDyN(nn.Module):
         """
         n = ir.shape[0]
         strengths = torch.as_tensor(strength, dtype=ir.dtype, device=ir.device).expand(n)
-        return self._compensated(ir, vis_y, task_features, strengths, repeats=1)
+        features = self._encode_compensated(ir, vis_y, task_features, strengths, repeats=1)
+        return self.vfn.fuse_features(*features, self.vfn.prior_image(ir, vis_y))
 
-    def _compensated(
+    def _encode_compensated(
         self,
         ir: Tensor,
         vis_y: Tensor,
@@ -191,11 +209,11 @@ class CLDyN(nn.Module):
         strengths: Tensor,
         repeats: int,
         task_embeddings: dict[tuple[str, int], Tensor] | None = None,
-    ) -> Tensor:
+    ) -> tuple[Tensor, Tensor]:
         """Run the encoders with compensation on ``N = repeats x B`` samples, task-major.
 
         The stem, the first dense block and the first image embedding depend only on the
-        frame, so they run on the ``B`` frames and are repeated. ``-> (N, 1, H, W)``.
+        frame, so they run on the ``B`` frames and are repeated. ``-> 2 x (N, 8, H, W)``.
         """
         if self.rsc is None:
             raise RuntimeError("this model has no RSC: use forward() for plain fusion")
@@ -212,11 +230,7 @@ class CLDyN(nn.Module):
                 t_emb = None if task_embeddings is None else task_embeddings[(modality, i)]
                 f = block(self.rsc.compensate(modality, i, f, tasks, strengths, emb, t_emb))
             features.append(f)
-        prior = self.vfn.prior_image(ir, vis_y)
-        if prior is not None:
-            prior = prior.repeat(repeats, 1, 1, 1)
-        f_ir, f_vis = features
-        return self.vfn.fuse_features(f_ir, f_vis, prior)
+        return features[0], features[1]
 
 
 def count_parameters(module: nn.Module | None) -> int:

@@ -91,11 +91,16 @@ class Decoder(nn.Module):
             nn.Conv2d(channels // 2, 1, 3, padding=1, padding_mode="reflect"),
         )
 
+    def residual(self, x: Tensor) -> Tensor:
+        """The decoder's output before it is combined with a prior: ``tanh`` of the last
+        convolution, in ``[-1, 1]``. Shapes: ``(N, 16, H, W) -> (N, 1, H, W)``."""
+        return torch.tanh(self.tail(self.blocks(self.head(x))))
+
     def forward(self, x: Tensor, prior: Tensor | None = None) -> Tensor:
-        x = self.tail(self.blocks(self.head(x)))
+        x = self.residual(x)
         if prior is None:
-            return (torch.tanh(x) + 1.0) / 2.0
-        return (prior + torch.tanh(x)).clamp(0.0, 1.0)
+            return (x + 1.0) / 2.0
+        return (prior + x).clamp(0.0, 1.0)
 
 
 def _box(x: Tensor, size: int) -> Tensor:
@@ -186,6 +191,11 @@ class VFN(nn.Module):
         """Attention fusion and reconstruction: ``2 x (N, 8, H, W) -> (N, 1, H, W)``;
         ``prior`` is :meth:`prior_image` of the inputs (``(N, 1, H, W)``)."""
         return self.decoder(self.fusion(torch.cat([f_ir, f_vis], dim=1)), prior)
+
+    def fuse_correction(self, f_ir: Tensor, f_vis: Tensor) -> Tensor:
+        """The decoder's correction of the prior, before it is added: ``2 x (N, 8, H, W) ->
+        (N, 1, H, W)`` in ``[-1, 1]`` (``fuse_features`` returns ``clamp(prior + this)``)."""
+        return self.decoder.residual(self.fusion(torch.cat([f_ir, f_vis], dim=1)))
 
     def forward(self, ir: Tensor, vis_y: Tensor) -> Tensor:
         return self.fuse_features(

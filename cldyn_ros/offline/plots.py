@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -82,3 +83,35 @@ def latency_histogram(path: str | Path, records: Sequence[Mapping[str, Any]]) ->
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def plot_cost_curve(report: dict[str, Any], path: str | os.PathLike) -> Path:
+    """PNG of a :func:`~cldyn_ros.tools.bench.run_model_bench` report: total ms per frame
+    (p50) against the internal scale, one line per frame size and (path, precision,
+    threads) combination, the eager baselines left out. Log-scaled time axis."""
+    plt = _pyplot()
+    lines: dict[tuple, list[tuple[float, float]]] = {}
+    for r in report["results"]:
+        if "error" in r or r["path"] == "eager":
+            continue
+        key = (f"{r['width']}x{r['height']}", r["path"], r["precision"], r.get("threads", 0))
+        lines.setdefault(key, []).append((r.get("internal_scale", 1.0),
+                                          r["stages"]["total"]["p50"]))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for (size, path_name, precision, threads), points in sorted(lines.items()):
+        points.sort()
+        label = f"{size} {path_name} {precision}" + (f" {threads} thr" if threads else "")
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    ax.set_xlabel("internal scale (network resolution / frame resolution)")
+    ax.set_ylabel("ms per frame (engine total, p50)")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    load = report.get("machine", {}).get("load_average")
+    ax.set_title(f"cldyn bench, CPU{f', load {load[0]:.1f}' if load else ''}", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -114,6 +114,7 @@ def engine_from_settings(settings: FusionSettings, model_path: str) -> FusionEng
         thermal_mode=settings.thermal_mode,
         threads=settings.threads or None,
         compile=settings.compile,
+        internal_scale=settings.internal_scale or None,
     )
 
 

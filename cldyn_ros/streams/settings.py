@@ -101,6 +101,14 @@ class FusionSettings:
     threads: int = setting(0, "CPU threads for torch; 0 keeps torch's default", low=0,
                            high=256, read_only=True,
                            table="torch CPU threads, 0 = torch default")
+    internal_scale: float = setting(
+        0.0, "run the network at this fraction of the frame size, with the model's detail "
+        "prior and the composition at full size (CPU mode: about internal_scale^2 of the "
+        "network's cost; needs a model with a prior, such as the shipped default); 0 = the "
+        "checkpoint's internal_scale, else 1 (full resolution)",
+        low=0.0, high=1.0, read_only=True, constraints="0, or in (0, 1]",
+        table="network resolution as a fraction of the frame (prior and composition at full "
+        "size); 0 = the checkpoint's, else 1; 0.25 for a 2-core CPU robot")
     compile: bool = setting(
         False, "torch.compile the network, once per frame size (CUDA graphs on CUDA); the "
         "first frame of a size compiles (minutes on a CPU): use with the warm-up",

@@ -132,11 +132,18 @@ class BenchCase:
     tasks: int
     path: str
     embed_max_side: int = 0
+    internal_scale: float = 1.0
+    threads: int = 0  # torch threads while this case runs (0: the process's setting)
 
     @property
     def name(self) -> str:
-        return (f"{self.width}x{self.height} {self.device} {self.precision} "
+        name = (f"{self.width}x{self.height} {self.device} {self.precision} "
                 f"T={self.tasks} {self.path} emb={self.embed_max_side or 'full'}")
+        if self.internal_scale != 1.0:
+            name += f" scale={self.internal_scale:g}"
+        if self.threads:
+            name += f" thr={self.threads}"
+        return name
 
 
 def _engine_for(case: BenchCase, loaded: LoadedModel, threads: int | None,
@@ -163,8 +170,9 @@ def _engine_for(case: BenchCase, loaded: LoadedModel, threads: int | None,
                     height=case.height, width=case.width, embed_max_side=case.embed_max_side)
         kwargs["backend"] = "onnx"
         kwargs["onnx_path"] = buf.getvalue()
-    return FusionEngine(loaded, device=case.device, precision=case.precision, threads=threads,
-                        embed_max_side=case.embed_max_side, **kwargs)
+    return FusionEngine(loaded, device=case.device, precision=case.precision,
+                        threads=case.threads or threads, embed_max_side=case.embed_max_side,
+                        internal_scale=case.internal_scale, **kwargs)
 
 
 class _CaseRunner:
@@ -185,6 +193,8 @@ class _CaseRunner:
         self.cuda = self.engine.device.type == "cuda"
 
     def frame(self, warm: bool = False) -> float:
+        if self.case.threads:  # interleaved cases with different thread counts
+            torch.set_num_threads(self.case.threads)
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(self.engine.device)
         t0 = time.perf_counter()
@@ -279,35 +289,49 @@ def run_model_bench(
     embed_max_sides: Sequence[int] = (0,),
     iterations: int = 5,
     warmup: int = 1,
-    threads: int | None = None,
+    threads: int | Sequence[int] | None = None,
     with_metrics: bool = False,
     loaded: LoadedModel | None = None,
     log: Callable[[str], None] | None = None,
     compile_backend: str | None = None,
     interleave: bool = False,
+    internal_scales: Sequence[float] = (1.0,),
 ) -> dict[str, Any]:
     """Measure every combination, with the baseline (eager, fp32, full-resolution
-    embedding) of each (resolution, device, task count) measured in the same run, first.
+    embedding, internal scale 1, the first thread count) of each (resolution, device, task
+    count) measured in the same run, first.
+
+    ``threads`` is one torch thread count for the whole run, or several: each is then a
+    case axis (set before each of the case's frames, so cases interleave).
+    ``internal_scales`` are the engine's ``internal_scale`` values (reduced-resolution
+    network; needs a model with a prior, e.g. the shipped default as ``loaded``).
 
     Returns a JSON-ready dict: ``machine``, ``settings``, ``results`` (one per case, each
     with ``speedup`` = baseline mean total / this mean total).
     """
     loaded = loaded or bench_model(tasks=max(max(task_counts), 1))
-    if threads:
-        torch.set_num_threads(threads)
+    thread_axis = [int(threads)] if isinstance(threads, int) else list(threads or [])
+    per_case_threads = len(thread_axis) > 1
+    if thread_axis:
+        torch.set_num_threads(thread_axis[0])
+    threads = thread_axis[0] if thread_axis else None
+    case_threads = thread_axis if per_case_threads else [0]
     results: list[dict[str, Any]] = []
     for h, w in resolutions:
         for device in devices:
             for t in task_counts:
-                base_case = BenchCase(h, w, device, "fp32", t, "eager", 0)
+                base_case = BenchCase(h, w, device, "fp32", t, "eager", 0, 1.0, case_threads[0])
                 cases = [base_case] + [
-                    BenchCase(h, w, device, p, t, path, e)
+                    BenchCase(h, w, device, p, t, path, e, s, n)
                     for path in paths
                     # onnxruntime runs the exported fp32 graph (precision is the provider's)
                     for p in (["fp32"] if path == "onnx" else precisions)
                     for e in embed_max_sides
-                    if (path, p, e) != ("eager", "fp32", 0)
+                    for s in internal_scales
+                    for n in case_threads
+                    if (path, p, e, s, n) != ("eager", "fp32", 0, 1.0, case_threads[0])
                     and not (device == "cpu" and p == "fp16")  # no fp16 kernels on CPU
+                    and not (path == "onnx" and s != 1.0)  # the export is full resolution
                 ]
                 base = None
                 if interleave:
@@ -348,7 +372,9 @@ def run_model_bench(
             "resolutions": [list(r) for r in resolutions], "devices": list(devices),
             "precisions": list(precisions), "tasks": list(task_counts), "paths": list(paths),
             "embed_max_sides": list(embed_max_sides), "iterations": iterations,
-            "warmup": warmup, "threads": threads, "compile_backend": compile_backend,
+            "internal_scales": list(internal_scales),
+            "warmup": warmup, "threads": thread_axis if per_case_threads else threads,
+            "compile_backend": compile_backend,
             "interleave": interleave,
         },
         "results": results,

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from ..imaging.io import find_pairs
 from ..inference.checkpoint import load_checkpoint, save_checkpoint
+from ..inference.reduced_scale import ReducedScaleFusion, check_internal_scale
 from ..model import CLDyN, CLDyNConfig
 from ..offline.evaluation import load_pair
 from .losses import FusionLoss
@@ -53,6 +54,10 @@ class VFNTrainConfig:
     # two-stage recipe one command.
     init_recipe: str | None = None
     prior: str = "none"  # VFN output form: "none" (the method), "max" or "detail" (see VFN)
+    # Train the network at this fraction of the crop size, with the prior and the loss at
+    # full size (the engine's internal_scale; needs a prior). Stored in the checkpoint as
+    # the scale the model is meant to run at.
+    internal_scale: float = 1.0
     scale_range: tuple[float, float] | None = None  # random zoom of each crop, e.g. (0.5, 1.5)
     augment: tuple[str, ...] = ()  # of AUGMENTATIONS, each applied with augment_p
     augment_p: float = 0.3
@@ -245,6 +250,10 @@ def train_vfn(config: VFNTrainConfig, progress: bool = True) -> dict[str, Any]:
         low, high = (float(v) for v in config.scale_range)
         if not 0 < low <= high:
             raise ValueError(f"scale_range needs 0 < low <= high, got {config.scale_range}")
+    scale = check_internal_scale(config.internal_scale)
+    if scale < 1.0 and config.prior == "none":
+        raise ValueError("internal_scale < 1 needs a prior ('detail' or 'max'): the network "
+                         "then computes a correction of the full-resolution prior")
     if config.threads:
         torch.set_num_threads(config.threads)
     out = Path(config.out)
@@ -275,6 +284,7 @@ def train_vfn(config: VFNTrainConfig, progress: bool = True) -> dict[str, Any]:
         if init.config.prior != config.prior:
             # The old output layer made images, not corrections of the prior: start it at 0.
             model.vfn.reset_output()
+    net = ReducedScaleFusion(model, scale) if scale < 1.0 else model
     optim = torch.optim.Adam(model.parameters(), lr=config.lr)
     loss_fn = FusionLoss(config.intensity_weight, config.gradient_weight, config.qabf_weight,
                          config.ssim_weight, config.qabf_border, config.anchor_weight)
@@ -306,7 +316,7 @@ def train_vfn(config: VFNTrainConfig, progress: bool = True) -> dict[str, Any]:
         ir, y = random_batch(train, config.batch_size, config.crop, generator,
                              config.scale_range, config.augment, config.augment_p)
         ir, y = ir.to(device), y.to(device)
-        loss = loss_fn(model(ir, y), ir, y, model.vfn.prior_image(ir, y))
+        loss = loss_fn(net(ir, y), ir, y, model.vfn.prior_image(ir, y))
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()
@@ -316,7 +326,7 @@ def train_vfn(config: VFNTrainConfig, progress: bool = True) -> dict[str, Any]:
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if step % steps_per_epoch == 0:
-            val_loss = evaluate_loss(model, loss_fn, val_batches, device)
+            val_loss = evaluate_loss(model, loss_fn, val_batches, device, net)
             history.append({"epoch": step // steps_per_epoch, "step": step,
                             "train_loss": running / steps_per_epoch, "val_loss": val_loss,
                             "minutes": elapsed / 60.0})
@@ -328,29 +338,37 @@ def train_vfn(config: VFNTrainConfig, progress: bool = True) -> dict[str, Any]:
             save_state()
     bar.close()
     save_state()
-    metadata = {
+    metadata: dict[str, Any] = {
         "trained_on": {"ir_dir": config.ir_dir, "vi_dir": config.vi_dir,
                        "train_pairs": len(train.names), "val_pairs": len(val.names),
                        "excluded": config.exclude},
         "training": {"stage": "vfn", **asdict(config), "steps": step,
                      "minutes": round(elapsed / 60.0, 1), "history": history[-5:]},
     }
+    if scale < 1.0:
+        metadata["internal_scale"] = scale  # the engine's default for this checkpoint
     save_checkpoint(out, model, {}, metadata)
     return {"steps": step, "minutes": elapsed / 60.0, "history": history, "out": str(out)}
 
 
 @torch.no_grad()
 def evaluate_loss(
-    model: CLDyN, loss_fn: FusionLoss, batches: list[tuple[Tensor, Tensor]], device: torch.device
+    model: CLDyN,
+    loss_fn: FusionLoss,
+    batches: list[tuple[Tensor, Tensor]],
+    device: torch.device,
+    net: torch.nn.Module | None = None,
 ) -> float:
-    """Mean loss over ``batches`` in eval mode (restores train mode afterwards)."""
+    """Mean loss over ``batches`` in eval mode (restores train mode afterwards); ``net`` is
+    what computes the output (``model`` itself, or ``model`` at a reduced internal scale)."""
     if not batches:
         return float("nan")
+    net = net or model
     model.eval()
     total = 0.0
     for ir, y in batches:
         ir, y = ir.to(device), y.to(device)
-        total += loss_fn(model(ir, y), ir, y, model.vfn.prior_image(ir, y)).item()
+        total += loss_fn(net(ir, y), ir, y, model.vfn.prior_image(ir, y)).item()
     model.train()
     return total / len(batches)
 

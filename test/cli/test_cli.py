@@ -279,6 +279,39 @@ def test_two_stage_recipe_is_one_command(pair_dirs: tuple[Path, Path], tmp_path:
     assert (a - b).abs().max() < 0.01
 
 
+def test_train_vfn_at_a_reduced_internal_scale(pair_dirs: tuple[Path, Path], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Fine-tuning for the engine's CPU mode: the network trains at half the crop size and
+    the checkpoint records the scale, which the engine then uses by default."""
+    from cldyn_ros.inference.engine import FusionEngine
+
+    ir_dir, vi_dir = pair_dirs
+    start = tmp_path / "start.pt"
+    model = make_model(with_rsc=False, prior="detail")
+    with torch.no_grad():  # a non-zero correction, so its gradient reaches every layer
+        model.vfn.decoder.tail[-1].weight.normal_(0.0, 0.1)
+    save_checkpoint(start, model, {}, {})
+    out = tmp_path / "cpu.pt"
+    argv = ["train", "vfn", "--ir", str(ir_dir), "--vi", str(vi_dir), "--out", str(out),
+            "--init", str(start), "--prior", "detail", "--internal-scale", "0.5", "--crop", "32",
+            "--batch-size", "2", "--resize", "0", "--val-fraction", "0.5", "--epochs", "2",
+            "--qabf-weight", "1", "--ssim-weight", "0.5", "--gradient-weight", "0",
+            "--intensity-weight", "0", "--anchor-weight", "5", "--threads", "1",
+            "--no-progress"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    tuned = load_checkpoint(out)
+    assert tuned.metadata["internal_scale"] == 0.5
+    assert tuned.metadata["training"]["internal_scale"] == 0.5
+    before = model.vfn.encoder_ir.stem[0][0].weight
+    assert not torch.equal(tuned.model.vfn.encoder_ir.stem[0][0].weight, before)
+    assert FusionEngine(out, device="cpu").internal_scale == 0.5
+    # The method's VFN (no prior) has no correction to compute at a reduced scale.
+    bad = [*argv[:7], str(tmp_path / "bad.pt"), "--prior", "none", *argv[12:]]
+    assert main(bad) == 2
+    assert "internal_scale < 1 needs a prior" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("recipe", sorted((REPO / "config").glob("train_vfn_*.yaml")),
                          ids=lambda p: p.name)
 def test_shipped_training_recipes_are_valid_and_exclude_the_test_split(recipe: Path) -> None:

@@ -372,3 +372,10 @@ def test_every_problem_is_one_line(saved, tmp_path):
     cases.append(_write_variant(saved, "dim.pt", task_vectors={"x": torch.zeros(3)}))
     for path in cases:
         assert "\n" not in str(_load_error(path)), path
+
+
+@pytest.mark.parametrize("name", ["cldyn_default.pt", "cldyn_tasks.pt"])
+def test_the_shipped_models_load(name):
+    path = Path(__file__).resolve().parents[2] / "models" / name
+    loaded = load_checkpoint(path)
+    assert loaded.model.config.num_blocks == 2

@@ -233,3 +233,47 @@ def test_node_load_report_accounts_for_every_frame(tmp_path, load):
     assert len(report["engine_alone_ms"]["before"]) == len(report["engine_alone_ms"]["after"]) == 2
     assert report["rss_mb"]["start"] > 0 and report["rss_mb"]["end"] > 0
     assert "| window from s |" in (out / f"bench_node_{load}.md").read_text()
+
+
+def test_internal_scale_and_thread_axes(tmp_path):
+    from helpers import make_model
+
+    from cldyn_ros.inference.checkpoint import LoadedModel
+    from cldyn_ros.offline.plots import plot_cost_curve
+
+    loaded = LoadedModel(make_model(with_rsc=False, prior="detail"), {}, {})
+    report = run_model_bench(resolutions=[(24, 32)], task_counts=[0], paths=["fast"],
+                             internal_scales=[1.0, 0.5], threads=[1, 2], iterations=2,
+                             warmup=1, loaded=loaded, interleave=True)
+    rows = report["results"]
+    base = rows[0]
+    assert (base["path"], base["internal_scale"], base["threads"]) == ("eager", 1.0, 1)
+    assert sorted((r["path"], r["internal_scale"], r["threads"]) for r in rows) == [
+        ("eager", 1.0, 1), ("fast", 0.5, 1), ("fast", 0.5, 2), ("fast", 1.0, 1),
+        ("fast", 1.0, 2)]
+    assert len({r["name"] for r in rows}) == len(rows)
+    assert "scale=0.5" in rows[-1]["name"] and "thr=2" in rows[-1]["name"]
+    for r in rows:
+        _check_result(r)
+    assert report["settings"]["threads"] == [1, 2]
+    assert report["settings"]["internal_scales"] == [1.0, 0.5]
+    png = plot_cost_curve(report, tmp_path / "cost.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_reduced_scale_of_a_model_without_prior_is_recorded_not_fatal():
+    report = run_model_bench(resolutions=[(24, 32)], task_counts=[0], paths=["fast"],
+                             internal_scales=[0.5], iterations=1, warmup=0,
+                             loaded=bench_model(tasks=1))
+    bad = [r for r in report["results"] if r.get("internal_scale") == 0.5]
+    assert len(bad) == 1 and "prior 'none'" in bad[0]["error"]
+    assert "error" not in report["results"][0]  # the baseline still ran
+
+
+def test_gpu_bench_script_names_test_files_that_exist():
+    import re
+
+    script = (ROOT / "scripts" / "gpu_bench.sh").read_text()
+    files = re.findall(r"\btest/[\w/]+\.py\b", script)
+    assert files, "the script runs the CUDA parity tests"
+    assert all((ROOT / f).is_file() for f in files), files
