@@ -242,7 +242,7 @@ def test_undecodable_messages_are_warnings(tmp_path: Path, engine: FusionEngine)
             topic = "/thermal/image" if frame.stream == "thermal" else "/rgb/image"
             encoding = "mono8" if frame.stream == "thermal" else "rgb8"
             if frame.stream == "thermal" and frame.t == pytest.approx(0.2):
-                encoding = "yuv422"
+                encoding = "nv12"
                 image = np.zeros((H, W), np.uint8)
                 msg = writer.typestore.types["sensor_msgs/msg/Image"]
                 raw = writer.typestore.serialize_cdr(msg(
@@ -257,7 +257,7 @@ def test_undecodable_messages_are_warnings(tmp_path: Path, engine: FusionEngine)
             writer.write_image(topic, image, encoding, frame.stamp_ns, "cam", frame.log_ns)
     report = evaluate_bag(bag, engine, BagEvalSettings(metrics=("EN",), progress=False))
     assert report["frames"]["decode_errors"] == 1
-    assert any("unsupported encoding 'yuv422'" in w for w in report["warnings"])
+    assert any("unsupported encoding 'nv12'" in w for w in report["warnings"])
     assert report["pairing"]["pairs"] == 4
 
 
