@@ -86,7 +86,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated tasks of the model ('none' = plain fusion)")
     b.add_argument("--out", type=Path, help="report folder (default: <bag>_eval)")
     b.add_argument("--write-bag", action="store_true",
-                   help="also write <out>/fused_bag: the input bag plus /fused/<task>/image")
+                   help="also write <out>/fused_bag: the input bag plus /fused/<task>/image "
+                   "(and /fused/<task>/camera_info where the colour camera_info is there)")
+    b.add_argument("--rgb-camera-info", default="", metavar="TOPIC",
+                   help="colour camera_info topic (default: the colour topic's sibling "
+                   "<camera>/camera_info if the bag has it; 'none': ignore)")
     b.add_argument("--storage", choices=("mcap", "sqlite3"),
                    help="storage of the output bag (default: as the input)")
     b.add_argument("--slop", type=float, default=0.02, help="pairing slop, seconds")
@@ -184,12 +188,15 @@ def run_bag(args: argparse.Namespace) -> int:
         slop=args.slop, queue_size=args.queue_size, max_delay=args.max_delay,
         metrics=tuple(parse_metrics(args.metrics)), batch_size=args.batch_size,
         write_bag=args.write_bag, storage=args.storage, progress=not args.no_progress,
+        rgb_camera_info=None if args.rgb_camera_info == "none" else args.rgb_camera_info,
     )
     from ..streams.pairing import ApproximateTimePairer
 
     ApproximateTimePairer(args.slop, args.queue_size, args.max_delay)  # validates
     # Bag problems first: they are cheaper to find than loading a model.
-    check_image_topics(bag_info(args.bag), [args.thermal_topic, args.rgb_topic])
+    info = bag_info(args.bag)
+    check_image_topics(info, [args.thermal_topic, args.rgb_topic])
+    settings.camera_info_topic(info)
     engine = engine_from_args(args)
     # Frames of a stream, like the node: percentile limits smoothed over time.
     from ..imaging.thermal import ThermalNormalizer

@@ -37,13 +37,20 @@ from .. import __version__
 from ..inference.engine import FusionEngine, InputError
 from ..metrics import METRIC_NAMES, fusion_metrics
 from ..model import rgb_to_ycbcr
+from ..streams.camera_info import CameraInfoData, camera_info_topic, fused_camera_info
+from ..streams.image_convert import ColorFrame, color_from_array, thermal_from_array
+from ..streams.image_msgs import ImageMessageError
 from ..streams.pairing import ApproximateTimePairer, Frame, Pair
 from .bags import (
+    CAMERA_INFO_TYPE,
     BagError,
+    BagInfo,
     ImageBagWriter,
     bag_info,
     check_image_topics,
+    decode_camera_info,
     decode_image,
+    decode_stamp,
     iter_messages,
     typestore_for,
 )
@@ -51,6 +58,7 @@ from .bags import (
 __all__ = [
     "BagEvalSettings",
     "ReportBuilder",
+    "decode_input",
     "evaluate_bag",
     "image_luminance",
     "pair_bag",
@@ -60,6 +68,8 @@ __all__ = [
 _NS = 1_000_000_000
 #: Fused topic of a task in an output bag (as the node publishes in multi-task mode).
 FUSED_TOPIC = "/fused/{task}/image"
+#: Its camera_info topic (written when the bag has the colour camera's camera_info).
+FUSED_INFO_TOPIC = "/fused/{task}/camera_info"
 #: Most pairs in the contact sheet.
 SHEET_ROWS = 6
 
@@ -79,11 +89,43 @@ class BagEvalSettings:
     write_bag: bool = False
     storage: str | None = None  # of the output bag; None: as the input
     progress: bool = True
+    #: The colour camera's camera_info topic: "" = the image topic's sibling
+    #: (``/rgb/image`` -> ``/rgb/camera_info``) if the bag has it, None = not used.
+    rgb_camera_info: str | None = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {"thermal_topic": self.thermal_topic, "rgb_topic": self.rgb_topic,
                 "tasks": list(self.tasks), "slop_s": self.slop, "queue_size": self.queue_size,
                 "max_delay_s": self.max_delay, "metrics": list(self.metrics)}
+
+    def camera_info_topic(self, info: BagInfo) -> str | None:
+        """The colour camera_info topic to use in this bag, or None (checked: an explicit
+        topic must exist and be ``sensor_msgs/msg/CameraInfo``)."""
+        if self.rgb_camera_info is None:
+            return None
+        topic = self.rgb_camera_info or camera_info_topic(self.rgb_topic)
+        found = info.topics.get(topic)
+        if found is not None and found[0] == CAMERA_INFO_TYPE:
+            return topic
+        if self.rgb_camera_info:
+            what = "not in the bag" if found is None else f"of type '{found[0]}'"
+            raise BagError(f"camera_info topic '{topic}' is {what}, not {CAMERA_INFO_TYPE}")
+        return None
+
+
+def decode_input(raw: bytes, store: Any, topic: str, log_ns: int, msgtype: str,
+                 role: str) -> tuple[Any, np.ndarray | ColorFrame]:
+    """Decode one bag image message into a fusion input: ``(record, input)``, the input
+    an ``H x W`` thermal array (``role`` ``thermal``) or a :class:`ColorFrame` (writable
+    copies: the bag's buffers are read-only, which torch warns about)."""
+    rec = decode_image(raw, store, topic, log_ns, msgtype)
+    try:
+        if role == "thermal":
+            return rec, np.array(thermal_from_array(rec.image, rec.encoding), copy=True)
+        frame = color_from_array(rec.image, rec.encoding)
+        return rec, ColorFrame(np.array(frame.image, copy=True), frame.order)
+    except ImageMessageError as e:
+        raise BagError(f"image on '{topic}' at {log_ns} ns cannot be used: {e}") from None
 
 
 def image_luminance(image: np.ndarray, order: str = "rgb") -> Tensor:
@@ -231,9 +273,9 @@ def pair_bag(path: str | Path, thermal_topic: str, rgb_topic: str, slop: float =
     pairs: list[Pair] = []
     warnings: list[str] = []
     try:
-        for topic, _, log_ns, raw in iter_messages(path, [thermal_topic, rgb_topic]):
-            rec = decode_image(raw, store, topic, log_ns)
-            frame = Frame(rec.stamp_ns, None, rec.frame_id, log_ns)
+        for topic, msgtype, log_ns, raw in iter_messages(path, [thermal_topic, rgb_topic]):
+            stamp_ns, frame_id = decode_stamp(raw, store, msgtype, topic, log_ns)
+            frame = Frame(stamp_ns, None, frame_id, log_ns)
             pairs += pairer.add_thermal(frame) if topic == thermal_topic else \
                 pairer.add_color(frame)
     except BagError as e:
@@ -280,6 +322,7 @@ def evaluate_bag(
     bag = Path(bag)
     info = bag_info(bag)
     check_image_topics(info, [settings.thermal_topic, settings.rgb_topic])
+    info_topic = settings.camera_info_topic(info)
     requests = [engine.request(t) for t in settings.tasks]
     store = typestore_for("kilted")
     pairer = ApproximateTimePairer(settings.slop, settings.queue_size, settings.max_delay)
@@ -306,12 +349,14 @@ def evaluate_bag(
             overwrite=True)
         writer.__enter__()
     start_ns = None
+    color_info: CameraInfoData | None = None
+    info_counts = {"received": 0, "errors": 0, "written": 0}
 
     def handle(pairs: list[Pair], log_ns: int) -> None:
         nonlocal fusion_errors
         for pair in pairs:
             color, thermal = pair.color.data, pair.thermal.data
-            order = "bgr" if color.encoding == "bgr8" else "rgb"
+            order = color.order
             t0 = time.perf_counter()
             try:
                 result = engine.fuse(thermal.image, color.image, requests, color_order=order)
@@ -332,13 +377,20 @@ def evaluate_bag(
                     writer.write_image(FUSED_TOPIC.format(task=label), img,
                                        f"{result.color_order}8", pair.color.stamp_ns,
                                        pair.color.frame_id, log_ns)
+                    if color_info is not None:
+                        writer.write_camera_info(
+                            FUSED_INFO_TOPIC.format(task=label),
+                            fused_camera_info(color_info, *img.shape[:2]),
+                            pair.color.stamp_ns, pair.color.frame_id, log_ns)
+                        info_counts["written"] += 1
 
     not_copied: set[str] = set()
     progress = tqdm(total=n_msgs, desc="eval bag", unit="msg", disable=not settings.progress)
     decode_errors = 0
     last_log = 0
     try:
-        topics = None if writer is not None else [settings.thermal_topic, settings.rgb_topic]
+        topics = None if writer is not None else [
+            t for t in (settings.thermal_topic, settings.rgb_topic, info_topic) if t]
         for topic, msgtype, log_ns, raw in iter_messages(bag, topics):
             last_log = log_ns
             if writer is not None and topic not in not_copied:
@@ -347,19 +399,30 @@ def evaluate_bag(
                 except BagError as e:  # e.g. a custom message type unknown to rosbags
                     not_copied.add(topic)
                     warnings.append(f"topic '{topic}' not copied to the output bag: {e}")
+            if topic == info_topic:
+                try:
+                    color_info = decode_camera_info(raw, store, topic, log_ns)[2]
+                    info_counts["received"] += 1
+                except BagError as e:
+                    info_counts["errors"] += 1
+                    if info_counts["errors"] <= 5:
+                        warnings.append(str(e))
+                continue
             if topic not in (settings.thermal_topic, settings.rgb_topic):
                 continue
             progress.update(1)
             t0 = time.perf_counter()
+            role = "thermal" if topic == settings.thermal_topic else "color"
             try:
-                rec = decode_image(raw, store, topic, log_ns)
+                rec, pixels = decode_input(raw, store, topic, log_ns, msgtype, role)
             except BagError as e:
                 decode_errors += 1
                 if decode_errors <= 5:
                     warnings.append(str(e))
                 continue
-            # A writable copy: the bag's buffer is read-only, which torch warns about.
-            payload = _Decoded(rec.image.copy(), rec.encoding, (time.perf_counter() - t0) * 1000.0)
+            decode_ms = (time.perf_counter() - t0) * 1000.0
+            payload = (_Decoded(pixels, "", decode_ms) if role == "thermal" else
+                       _Decoded(pixels.image, pixels.order, decode_ms))
             frame = Frame(rec.stamp_ns, payload, rec.frame_id, log_ns)
             if start_ns is None:
                 start_ns = rec.stamp_ns
@@ -394,6 +457,7 @@ def evaluate_bag(
         "pairing": {**stats, "gap_ms": _stats([r["gap_ms"] for r in records])},
         "frames": {"fused": len(records), "fusion_errors": fusion_errors,
                    "decode_errors": decode_errors},
+        "camera_info": {"topic": info_topic, **info_counts},
         "summary": builder.summary(),
         "latency_ms": builder.latency(),
         "warnings": warnings,
@@ -409,7 +473,7 @@ def evaluate_bag(
 @dataclass
 class _Decoded:
     image: np.ndarray
-    encoding: str
+    order: str  # colour: rgb or bgr; thermal: ""
     decode_ms: float
 
 
@@ -430,6 +494,10 @@ def report_markdown(report: Mapping[str, Any]) -> str:
               f"- tasks: {', '.join(s['tasks'])}",
               f"- pairing: slop {s['slop_s'] * 1000:g} ms, queue {s['queue_size']}, "
               f"max delay {s['max_delay_s']:g} s"]
+    info = report.get("camera_info") or {}
+    if info.get("topic"):
+        lines.append(f"- colour camera_info: `{info['topic']}` ({info['received']} messages, "
+                     f"{info['written']} fused camera_info written)")
     model = report.get("model", {})
     if model:
         lines.append(f"- model: {model.get('label') or '?'} on {model.get('device', '?')} "
