@@ -17,8 +17,19 @@ from cldyn_ros import __version__, paths
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "cldyn_ros"
 
+# Imports that no usable rosdep key provides (see the comment in package.xml): installed
+# with pip from requirements/base.txt. Import name -> distribution name there.
+PIP_ONLY = {
+    "torch": "torch",
+    "torchmetrics": "torchmetrics",
+    "rosbags": "rosbags",  # also rosbags.image from rosbags-image
+    "onnx": "onnx",
+    "onnxruntime": "onnxruntime",
+}
+
 # Top-level import name -> rosdep key that provides it. A module imported by the package
-# but missing here fails test_imports_are_declared: add it here *and* to package.xml.
+# but missing here and in PIP_ONLY fails test_imports_are_declared: add it here *and* to
+# package.xml (the key must exist in rosdistro: test/test_rosdep_keys.py).
 IMPORT_TO_ROSDEP = {
     "numpy": "python3-numpy",
     "cv2": "python3-opencv",
@@ -27,11 +38,6 @@ IMPORT_TO_ROSDEP = {
     "matplotlib": "python3-matplotlib",
     "PIL": "python3-pil",
     "scipy": "python3-scipy",
-    "torch": "python3-pytorch-pip",
-    "torchmetrics": "python3-torchmetrics-pip",
-    "rosbags": "python3-rosbags-pip",  # also rosbags.image from rosbags-image
-    "onnx": "python3-onnx",
-    "onnxruntime": "python3-onnxruntime-pip",
     # ROS 2 packages: the rosdep key is the package name.
     **{
         name: name
@@ -165,9 +171,17 @@ def test_import_scanner_sees_the_package():
 def test_imports_are_declared():
     declared = _declared(_package_xml(), RUN_DEPEND_TAGS)
     unknown, undeclared = [], []
+    pip_requirements = {
+        re.split(r"[=<>!~;\[ ]", line.strip(), maxsplit=1)[0].lower()
+        for line in (REPO_ROOT / "requirements" / "base.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     for module, places in sorted(_third_party_imports().items()):
         key = IMPORT_TO_ROSDEP.get(module)
-        if key is None:
+        if module in PIP_ONLY:
+            if PIP_ONLY[module] not in pip_requirements:
+                undeclared.append(f"{PIP_ONLY[module]} in requirements/base.txt for {module}")
+        elif key is None:
             unknown.append(f"{module} (imported at {', '.join(places)})")
         elif key not in declared:
             undeclared.append(f"{key} for {module} (imported at {', '.join(places)})")
