@@ -50,8 +50,8 @@ def main() -> int:
             for req in requirements(path):
                 if req.marker is not None and not req.marker.evaluate(env):
                     continue
-                spec = f"{req.name}{'[' + ','.join(sorted(req.extras)) + ']' if req.extras else ''}" \
-                    f"{req.specifier}"
+                extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ""
+                spec = f"{req.name}{extras}{req.specifier}"
                 cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps",
                        "--disable-pip-version-check", "--only-binary=:all:",
                        "--python-version", python, "-d", str(dest / python),
