@@ -2,7 +2,7 @@
 
 Layout (a plain dict, loadable with ``torch.load(..., weights_only=True)``)::
 
-    format:          "cldyn_ros.inference.checkpoint"
+    format:          "cldyn_ros.checkpoint"
     format_version:  1
     config:          CLDyNConfig.to_dict()
     state_dict:      model weights
@@ -24,7 +24,10 @@ from torch import Tensor
 
 from ..model import CLDyN, CLDyNConfig
 
-FORMAT = "cldyn_ros.inference.checkpoint"
+# A file-format name, not a module path: every shipped checkpoint carries it. Files written
+# while the name briefly followed the module's new place are read as well.
+FORMAT = "cldyn_ros.checkpoint"
+_READ_FORMATS = (FORMAT, "cldyn_ros.inference.checkpoint")
 FORMAT_VERSION = 1
 #: Reserved task name: plain VFN fusion, no compensation.
 NO_TASK = "none"
@@ -109,7 +112,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
             raise CheckpointError(path, "contains objects other than weights and metadata "
                                   "(not a cldyn_ros checkpoint, or unsafe)") from e
         raise CheckpointError(path, f"truncated or corrupt ({_first_line(e)})") from e
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") not in _READ_FORMATS:
         raise CheckpointError(path, f"not a {FORMAT} file")
     version = payload.get("format_version")
     if not isinstance(version, int) or version < 1:

@@ -324,3 +324,19 @@ def test_error_message_format(tmp_path):
     error = CheckpointError(tmp_path / "x.pt", "something broke")
     assert str(error) == f"cannot use model file '{tmp_path / 'x.pt'}': something broke"
     assert error.problem == "something broke"
+
+
+@pytest.mark.parametrize("name", ["cldyn_default.pt", "cldyn_tasks.pt"])
+def test_shipped_models_load(name):
+    """The checkpoints in models/ carry the file-format name every release has written."""
+    path = Path(__file__).resolve().parents[2] / "models" / name
+    if not path.is_file():
+        pytest.skip(f"{path} is not in this checkout")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    assert payload["format"] == FORMAT
+    load_checkpoint(path)
+
+
+def test_files_from_the_misnamed_format_still_load(tmp_path, saved):
+    path = _write_variant(saved, "renamed.pt", format="cldyn_ros.inference.checkpoint")
+    load_checkpoint(path)
