@@ -150,7 +150,7 @@ def test_bad_start_values_fail_with_a_reason(ros, model_path, tmp_path):
 
 
 def test_message_filters_option_without_the_package_warns_and_pairs(ros, model_path):
-    from cldyn_ros import node as fusion_node
+    from cldyn_ros.ros import node as fusion_node
 
     if fusion_node.message_filters is not None:
         pytest.skip("message_filters is installed here: the option uses it")
