@@ -80,8 +80,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "time per task, latency per stage) and a contact sheet to --out.",
     )
     b.add_argument("bag", type=Path, help="bag folder (with metadata.yaml)")
-    b.add_argument("--thermal-topic", default="/thermal/image")
-    b.add_argument("--rgb-topic", default="/rgb/image")
+    b.add_argument("--thermal-topic", default="/thermal/image",
+                   help="thermal sensor_msgs/Image or CompressedImage topic (e.g. "
+                   "/thermal/image_raw/compressed)")
+    b.add_argument("--rgb-topic", default="/rgb/image",
+                   help="colour sensor_msgs/Image or CompressedImage topic")
     b.add_argument("--tasks", default="none",
                    help="comma-separated tasks of the model ('none' = plain fusion)")
     b.add_argument("--out", type=Path, help="report folder (default: <bag>_eval)")
