@@ -4,6 +4,7 @@
 #   make demo    run the fusion demo (writes demo_output/)
 #   make test    ruff, mypy, then pytest
 #   make colcon  colcon build + colcon test (run by make test)
+#   make test-jazzy  the node tests (test/ros) against ROS 2 Jazzy's rclpy, in .venv-jazzy
 #   make benchmarks  regenerate the quality tables of docs/benchmarks.md (needs ../shared/data)
 #   make lint    ruff and mypy
 #   make lock    rewrite requirements/constraints.txt from .venv
@@ -49,7 +50,7 @@ PACKAGE_SOURCES := setup.py setup.cfg package.xml resource/cldyn_ros \
 DEPS_STAMP := $(VENV)/.deps-installed
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv demo test colcon benchmarks lint lock clean distclean
+.PHONY: help venv demo test test-jazzy colcon benchmarks lint lock clean distclean
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -104,6 +105,39 @@ colcon: venv
 	  rc=$$?; colcon test-result --test-result-base $(COLCON_DIR)/test_results --verbose; \
 	  exit $$rc
 
+# The node tests against ROS 2 Jazzy's rclpy: the ros-jazzy-* wheels pin older versions of
+# the ros-* wheels that the Kilted venv has, so they get a venv of their own, with the same
+# base requirements. The lock's ROS section is Kilted's: the Jazzy wheels install without it.
+# A child of another venv's rclpy process inherits its bootstrap guard and library path:
+# both are cleared for the Jazzy interpreter.
+JAZZY_VENV ?= .venv-jazzy
+JAZZY_PY := $(JAZZY_VENV)/bin/python
+JAZZY_PIP := env -u _ROS_WHEELS_BOOTSTRAP_COMPLETE -u LD_LIBRARY_PATH $(JAZZY_PY) -m pip \
+  install -q --disable-pip-version-check
+JAZZY_DEPS := $(JAZZY_VENV)/.deps-installed
+JAZZY_STAMP := $(JAZZY_VENV)/.installed
+JAZZY_TESTS ?= test/ros
+
+$(JAZZY_DEPS): $(REQ)/base.txt $(REQ)/dev.txt $(REQ)/ros-wheels-jazzy.txt $(CONSTRAINTS)
+	@echo "creating $(JAZZY_VENV) with $$($(PYTHON) -V 2>&1) and the ROS 2 Jazzy wheels"
+	@rm -rf $(JAZZY_VENV) && $(PYTHON) -m venv $(JAZZY_VENV)
+	@$(JAZZY_PIP) -c $(CONSTRAINTS) --upgrade pip setuptools $(QUIET)
+	@$(JAZZY_PIP) -c $(CONSTRAINTS) -r $(REQ)/base.txt -r $(REQ)/dev.txt $(QUIET)
+	@$(JAZZY_PIP) -r $(REQ)/ros-wheels-jazzy.txt $(QUIET)
+	@touch $@
+
+$(JAZZY_STAMP): $(JAZZY_DEPS) $(PACKAGE_SOURCES)
+	@rm -rf build/lib build/bdist.*
+	@$(JAZZY_PIP) --no-build-isolation --no-deps . $(QUIET)
+	@touch $@
+
+test-jazzy: $(JAZZY_STAMP)
+	env -u _ROS_WHEELS_BOOTSTRAP_COMPLETE -u LD_LIBRARY_PATH $(JAZZY_PY) -c \
+	  'import rclpy, sensor_msgs.msg; from importlib.metadata import version; \
+	   print("rclpy", version("ros-rclpy"), "(Jazzy wheels)")'
+	env -u _ROS_WHEELS_BOOTSTRAP_COMPLETE -u LD_LIBRARY_PATH $(JAZZY_PY) -m pytest \
+	  $(JAZZY_TESTS) $(PYTEST_ARGS)
+
 benchmarks: venv
 	$(VENV)/bin/cldyn eval suite --data ../shared/data --out docs/benchmarks.md
 
@@ -119,4 +153,4 @@ clean:
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(JAZZY_VENV)

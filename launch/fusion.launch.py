@@ -3,22 +3,21 @@
     ros2 launch cldyn_ros fusion.launch.py thermal_topic:=/flir/image_raw \
         rgb_topic:=/camera/color/image_raw task:=detection
 
-Parameters come from ``params_file`` (default: the installed ``config/fusion.yaml``); a
-launch argument left empty keeps the file's value, a non-empty one overrides it. ``tasks``
-is comma-separated (``tasks:=detection,segmentation``). Topic arguments remap the node's
-inputs and its single output; per-task outputs ``fused/<task>/image`` follow ``namespace``.
+Parameters come from ``params_file`` (default: ``config/fusion.yaml`` in the package's
+share folder, found with ``FindPackageShare``); a launch argument left empty keeps the
+file's value (or a global ``SetParameter``'s), a non-empty one overrides it: launch_ros
+passes the dict entries after the params file, and the later source wins. ``use_sim_time``
+is empty by default for that reason. ``tasks`` is comma-separated
+(``tasks:=detection,segmentation``). Topic arguments remap the node's inputs and its single
+output; per-task outputs ``fused/<task>/image`` follow ``namespace``.
 
 Each parameter argument's type and description come from the node's settings schema
 (``cldyn_ros.streams.settings``). The tables below are read by
-test/ros/test_node_launch_config.py (with ``ast``, because launch_ros is not installable
-everywhere): every launch argument must name a setting or ``use_sim_time``, remap a topic,
-or be one of OTHER_ARGUMENTS.
+test/ros/test_node_launch_config.py: every launch argument must name a setting or
+``use_sim_time``, remap a topic, or be one of OTHER_ARGUMENTS.
+The launch modules are imported inside the functions that use them, so the tables and
+:func:`node_settings` import and run where launch/launch_ros are not installed.
 """
-
-from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
-from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
 
 PACKAGE = "cldyn_ros"
 EXECUTABLE = "fusion_node"
@@ -40,16 +39,10 @@ OTHER_ARGUMENTS = {
     "params_file": "parameters file; default: the installed config/fusion.yaml",
     "log_level": "log level (debug, info, warn, error, fatal)",
 }
-ARGUMENT_DEFAULTS = {"use_sim_time": "false", "log_level": "info"}
-
-
-def _default_params_file() -> str:
-    try:
-        from cldyn_ros.paths import find_share_file
-
-        return str(find_share_file("config/fusion.yaml"))
-    except (ImportError, FileNotFoundError):
-        return ""
+# Defaults of the launch arguments; every other one defaults to "" (no override).
+ARGUMENT_DEFAULTS = {"log_level": "info"}
+#: The default params file, relative to the package's share folder.
+PARAMS_FILE = ("config", "fusion.yaml")
 
 
 def _kind_and_description(parameter: str) -> tuple[str, str]:
@@ -80,9 +73,11 @@ def _convert(argument: str, text: str, kind: str):
     raise ValueError(f"unknown conversion {kind!r}")
 
 
-def launch_setup(context, *args, **kwargs):
+def node_settings(values: dict) -> dict:
+    """The fusion node's ``parameters`` and ``remappings`` from the launch arguments' texts
+    (``values``: argument -> text; missing or empty = not given)."""
     def value(name: str) -> str:
-        return LaunchConfiguration(name).perform(context).strip()
+        return str(values.get(name, "") or "").strip()
 
     overrides = {}
     for parameter in PARAMETER_ARGUMENTS:
@@ -94,23 +89,38 @@ def launch_setup(context, *args, **kwargs):
     remappings = [(topic, value(argument)) for argument, topic in REMAP_ARGUMENTS.items()
                   if value(argument) and value(argument) != topic]
     params_file = value("params_file")
-    parameters = ([params_file] if params_file else []) + [overrides]
+    parameters = ([params_file] if params_file else []) + ([overrides] if overrides else [])
+    return {"parameters": parameters, "remappings": remappings,
+            "namespace": value("namespace"), "log_level": value("log_level") or "info"}
+
+
+def launch_setup(context, *args, **kwargs):
+    from launch.substitutions import LaunchConfiguration
+    from launch_ros.actions import Node
+
+    names = [*PARAMETER_ARGUMENTS, *REMAP_ARGUMENTS, *OTHER_ARGUMENTS]
+    settings = node_settings({n: LaunchConfiguration(n).perform(context) for n in names})
     return [
         Node(
             package=PACKAGE,
             executable=EXECUTABLE,
             name=NODE_NAME,
-            namespace=value("namespace"),
-            parameters=parameters,
-            remappings=remappings,
-            ros_arguments=["--log-level", value("log_level") or "info"],
+            namespace=settings["namespace"],
+            parameters=settings["parameters"],
+            remappings=settings["remappings"],
+            ros_arguments=["--log-level", settings["log_level"]],
             output="screen",
             emulate_tty=True,
         )
     ]
 
 
-def generate_launch_description() -> LaunchDescription:
+def generate_launch_description():
+    from launch import LaunchDescription
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction
+    from launch.substitutions import PathJoinSubstitution
+    from launch_ros.substitutions import FindPackageShare
+
     arguments = []
     for name in PARAMETER_ARGUMENTS:
         arguments.append(DeclareLaunchArgument(
@@ -120,8 +130,8 @@ def generate_launch_description() -> LaunchDescription:
         arguments.append(DeclareLaunchArgument(
             name, default_value=topic, description=f"topic remapped to the node's {topic}"))
     for name, description in OTHER_ARGUMENTS.items():
-        default = _default_params_file() if name == "params_file" else ARGUMENT_DEFAULTS.get(
-            name, "")
+        default = (PathJoinSubstitution([FindPackageShare(PACKAGE), *PARAMS_FILE])
+                   if name == "params_file" else ARGUMENT_DEFAULTS.get(name, ""))
         arguments.append(DeclareLaunchArgument(name, default_value=default,
                                                description=description))
     return LaunchDescription([*arguments, OpaqueFunction(function=launch_setup)])

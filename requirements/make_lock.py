@@ -123,8 +123,14 @@ def main() -> int:
     missing = [n for n in requirement_names(ros_file) if n not in installed]
     other = set(pins) - general - ros  # installed by hand: kept, but reported
 
-    def lines(names: set[str]) -> list[str]:
-        return [f"{pins[n][0]}=={pins[n][1]}" for n in sorted(names) if n in pins]
+    def lines(names: set[str], marker: str = "") -> list[str]:
+        return [f"{pins[n][0]}=={pins[n][1]}{marker}" for n in sorted(names) if n in pins]
+
+    # The general lock holds for the Python it was made with; on another Python (3.10 on
+    # Humble, 3.12 on Jazzy/Kilted) only base.txt's per-Python pins apply. The ROS wheels
+    # exist with the same versions for every supported Python.
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    marker = f'; python_version == "{python}"'
 
     ros_lines = lines(ros)
     if missing:  # a venv on a ROS distro has no wheels: keep their previous lock
@@ -136,8 +142,9 @@ def main() -> int:
         "# from `pip freeze --all`. The Makefile installs every requirement file with",
         "# `-c requirements/constraints.txt`. Do not edit by hand: change base.txt, dev.txt or",
         "# ros-wheels.txt, install, and run `make lock`.",
+        f"# Locked on Python {python}: these pins apply to that Python only.",
         "",
-        *lines(general),
+        *lines(general, marker),
         "",
         ROS_HEADER,
         "# Used only where those wheels are installed (no ROS 2 distro sourced); pip ignores",

@@ -17,8 +17,19 @@ from cldyn_ros import __version__, paths
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "cldyn_ros"
 
+# Imports that no usable rosdep key provides (see the comment in package.xml): installed
+# with pip from requirements/base.txt. Import name -> distribution name there.
+PIP_ONLY = {
+    "torch": "torch",
+    "torchmetrics": "torchmetrics",
+    "rosbags": "rosbags",  # also rosbags.image from rosbags-image
+    "onnx": "onnx",
+    "onnxruntime": "onnxruntime",
+}
+
 # Top-level import name -> rosdep key that provides it. A module imported by the package
-# but missing here fails test_imports_are_declared: add it here *and* to package.xml.
+# but missing here and in PIP_ONLY fails test_imports_are_declared: add it here *and* to
+# package.xml (the key must exist in rosdistro: test/test_rosdep_keys.py).
 IMPORT_TO_ROSDEP = {
     "numpy": "python3-numpy",
     "cv2": "python3-opencv",
@@ -27,11 +38,6 @@ IMPORT_TO_ROSDEP = {
     "matplotlib": "python3-matplotlib",
     "PIL": "python3-pil",
     "scipy": "python3-scipy",
-    "torch": "python3-pytorch-pip",
-    "torchmetrics": "python3-torchmetrics-pip",
-    "rosbags": "python3-rosbags-pip",  # also rosbags.image from rosbags-image
-    "onnx": "python3-onnx",
-    "onnxruntime": "python3-onnxruntime-pip",
     # ROS 2 packages: the rosdep key is the package name.
     **{
         name: name
@@ -165,9 +171,17 @@ def test_import_scanner_sees_the_package():
 def test_imports_are_declared():
     declared = _declared(_package_xml(), RUN_DEPEND_TAGS)
     unknown, undeclared = [], []
+    pip_requirements = {
+        re.split(r"[=<>!~;\[ ]", line.strip(), maxsplit=1)[0].lower()
+        for line in (REPO_ROOT / "requirements" / "base.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     for module, places in sorted(_third_party_imports().items()):
         key = IMPORT_TO_ROSDEP.get(module)
-        if key is None:
+        if module in PIP_ONLY:
+            if PIP_ONLY[module] not in pip_requirements:
+                undeclared.append(f"{PIP_ONLY[module]} in requirements/base.txt for {module}")
+        elif key is None:
             unknown.append(f"{module} (imported at {', '.join(places)})")
         elif key not in declared:
             undeclared.append(f"{key} for {module} (imported at {', '.join(places)})")
@@ -263,17 +277,44 @@ def test_ament_resource_marker_exists():
 
 
 def _pins(path: Path) -> dict[str, str]:
+    """``name == version`` pins of a requirement file that apply to this Python (markers
+    evaluated)."""
+    from packaging.requirements import Requirement
+
     pins = {}
     for line in path.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        match = re.fullmatch(r"([A-Za-z0-9._-]+)(\[[^\]]*\])?==(\S+)", line)
-        if match:
-            pins[re.sub(r"[-_.]+", "-", match.group(1)).lower()] = match.group(3)
+        line = line.split(" #", 1)[0].strip()
+        if not line or line.startswith(("#", "-")):
+            continue
+        requirement = Requirement(line)
+        if requirement.marker is not None and not requirement.marker.evaluate():
+            continue
+        specifiers = list(requirement.specifier)
+        if len(specifiers) == 1 and specifiers[0].operator == "==":
+            pins[re.sub(r"[-_.]+", "-", requirement.name).lower()] = specifiers[0].version
     return pins
+
+
+def _lock_python() -> str | None:
+    text = (REPO_ROOT / "requirements" / "constraints.txt").read_text()
+    match = re.search(r"^# Locked on Python (\d+\.\d+)", text, re.M)
+    return match.group(1) if match else None
+
+
+def test_lock_pins_are_marked_for_the_python_they_were_made_on():
+    python = _lock_python()
+    assert python, "constraints.txt says which Python it was locked on"
+    text = (REPO_ROOT / "requirements" / "constraints.txt").read_text()
+    general = text.split("# --- ROS 2 wheels lock")[0]
+    pins = [line for line in general.splitlines() if line and not line.startswith("#")]
+    assert pins and all(line.endswith(f'; python_version == "{python}"') for line in pins)
 
 
 @pytest.mark.parametrize("requirements", ["base.txt", "dev.txt", "ros-wheels.txt"])
 def test_requirements_agree_with_constraints(requirements):
+    running = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if requirements != "ros-wheels.txt" and _lock_python() != running:
+        pytest.skip(f"the lock was made on Python {_lock_python()}, this is {running}")
     constraints = _pins(REPO_ROOT / "requirements" / "constraints.txt")
     wanted = _pins(REPO_ROOT / "requirements" / requirements)
     assert wanted, f"no pins read from requirements/{requirements}"
@@ -285,6 +326,20 @@ def test_requirements_agree_with_constraints(requirements):
     assert not stale, (
         f"requirements/constraints.txt disagrees (wanted, locked); run `make lock`: {stale}"
     )
+
+
+def test_requirements_pin_every_supported_python():
+    """base.txt has exactly one pin per package for each of Python 3.10, 3.11 and 3.12."""
+    from packaging.requirements import Requirement
+
+    lines = [line.split(" #", 1)[0].strip()
+             for line in (REPO_ROOT / "requirements" / "base.txt").read_text().splitlines()]
+    requirements = [Requirement(line) for line in lines if line and not line.startswith("#")]
+    names = {r.name for r in requirements}
+    for python in ("3.10", "3.11", "3.12"):
+        env = {"python_version": python, "python_full_version": f"{python}.0"}
+        applying = [r.name for r in requirements if r.marker is None or r.marker.evaluate(env)]
+        assert sorted(applying) == sorted(names), python
 
 
 # --- the installed copy --------------------------------------------------------------------

@@ -42,12 +42,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
     f = kinds.add_parser(
         "from-images",
-        help="write a bag of thermal + colour sensor_msgs/Image from pairs or a synthetic scene",
+        help="write a bag of thermal + colour images from pairs or a synthetic scene",
         description="Write a rosbag2 bag (sqlite3 or MCAP, no ROS needed) with two "
-        "sensor_msgs/Image topics, as two free-running cameras would record them: colour "
-        "frame k shows pair k (name order), thermal frames show the pair on screen at their "
-        "time. Stamps get Gaussian jitter and a transport delay. With --synthetic SECONDS a "
-        "moving synthetic street scene replaces the folders.",
+        "sensor_msgs/Image (or, with --compressed, CompressedImage) topics, as two "
+        "free-running cameras would record them: colour frame k shows pair k (name order), "
+        "thermal frames show the pair on screen at their time. Stamps get Gaussian jitter "
+        "and a transport delay. With --synthetic SECONDS a moving synthetic street scene "
+        "replaces the folders.",
     )
     src = f.add_argument_group("source (folders of pairs, or --synthetic)")
     src.add_argument("--ir", type=Path, help="folder of infrared images")
@@ -75,6 +76,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--rgb-encoding", choices=("rgb8", "bgr8"), default="rgb8")
     f.add_argument("--thermal-topic", default="/thermal/image")
     f.add_argument("--rgb-topic", default="/rgb/image")
+    f.add_argument("--compressed", action="store_true",
+                   help="write sensor_msgs/CompressedImage on <topic>/compressed instead, as "
+                   "image_transport records them: colour JPEG, thermal PNG (16 bits kept)")
+    f.add_argument("--camera-info", action="store_true",
+                   help="also write sensor_msgs/CameraInfo on <camera>/camera_info (sibling "
+                   "of each image topic) with every image: a 60-degree pinhole of the frame "
+                   "size unless --rgb-calibration/--thermal-calibration give one")
+    f.add_argument("--rgb-calibration", type=Path, metavar="YAML",
+                   help="colour camera calibration (camera_calibration_parsers YAML); "
+                   "implies --camera-info")
+    f.add_argument("--thermal-calibration", type=Path, metavar="YAML",
+                   help="thermal camera calibration YAML; implies --camera-info")
     f.add_argument("--gap", type=_gap, action="append", default=[], metavar="STREAM:T0:T1",
                    help="drop the frames of rgb|thermal between T0 and T1 seconds (repeatable)")
     f.add_argument("--seed", type=int, default=0, help="seed of the jitter")
@@ -107,10 +120,21 @@ def run_from_images(args: argparse.Namespace) -> int:
         if not (args.ir and args.vi):
             raise ValueError("give --ir and --vi folders of pairs, or --synthetic SECONDS")
         duration, frames = folder_stream(args.ir, args.vi, spec)
+    camera_info = None
+    if args.camera_info or args.rgb_calibration or args.thermal_calibration:
+        from ..streams.camera_info import camera_info_from_yaml
+
+        camera_info = {
+            "rgb": camera_info_from_yaml(args.rgb_calibration) if args.rgb_calibration
+            else None,
+            "thermal": camera_info_from_yaml(args.thermal_calibration)
+            if args.thermal_calibration else None,
+        }
     total = len(spec.frames(duration))
     counts = write_stream(args.out, frames, args.thermal_topic, args.rgb_topic, args.storage,
                           args.distro, args.rgb_encoding, args.overwrite,
-                          progress=not args.no_progress, total=total)
+                          progress=not args.no_progress, total=total,
+                          compressed=args.compressed, camera_info=camera_info)
     print(f"wrote {args.out} ({args.storage}, {args.distro}, {duration:.2f} s): "
           + ", ".join(f"{t}: {n} messages" for t, n in counts.items()))
     return 0

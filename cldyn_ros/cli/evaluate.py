@@ -81,13 +81,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         "time per task, latency per stage) and a contact sheet to --out.",
     )
     b.add_argument("bag", type=Path, help="bag folder (with metadata.yaml)")
-    b.add_argument("--thermal-topic", default="/thermal/image")
-    b.add_argument("--rgb-topic", default="/rgb/image")
+    b.add_argument("--thermal-topic", default="/thermal/image",
+                   help="thermal sensor_msgs/Image or CompressedImage topic (e.g. "
+                   "/thermal/image_raw/compressed)")
+    b.add_argument("--rgb-topic", default="/rgb/image",
+                   help="colour sensor_msgs/Image or CompressedImage topic")
     b.add_argument("--tasks", default="none",
                    help="comma-separated tasks of the model ('none' = plain fusion)")
     b.add_argument("--out", type=Path, help="report folder (default: <bag>_eval)")
     b.add_argument("--write-bag", action="store_true",
-                   help="also write <out>/fused_bag: the input bag plus /fused/<task>/image")
+                   help="also write <out>/fused_bag: the input bag plus /fused/<task>/image "
+                   "(and /fused/<task>/camera_info where the colour camera_info is there)")
+    b.add_argument("--rgb-camera-info", default="", metavar="TOPIC",
+                   help="colour camera_info topic (default: the colour topic's sibling "
+                   "<camera>/camera_info if the bag has it; 'none': ignore)")
     b.add_argument("--storage", choices=("mcap", "sqlite3"),
                    help="storage of the output bag (default: as the input)")
     for name in ("slop", "queue_size", "max_delay"):
@@ -181,12 +188,15 @@ def run_bag(args: argparse.Namespace) -> int:
         slop=args.slop, queue_size=args.queue_size, max_delay=args.max_delay,
         metrics=tuple(parse_metrics(args.metrics)), batch_size=args.batch_size,
         write_bag=args.write_bag, storage=args.storage, progress=not args.no_progress,
+        rgb_camera_info=None if args.rgb_camera_info == "none" else args.rgb_camera_info,
     )
     from ..streams.pairing import ApproximateTimePairer
 
     ApproximateTimePairer(args.slop, args.queue_size, args.max_delay)  # validates
     # Bag problems first: they are cheaper to find than loading a model.
-    check_image_topics(bag_info(args.bag), [args.thermal_topic, args.rgb_topic])
+    info = bag_info(args.bag)
+    check_image_topics(info, [args.thermal_topic, args.rgb_topic])
+    settings.camera_info_topic(info)
     engine = engine_from_args(args)
     for task in tasks:
         engine.request(task)

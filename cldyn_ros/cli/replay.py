@@ -22,11 +22,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Publish a bag's thermal and colour images with their original timing "
         "(times --rate) to a running fusion_node, record its fused outputs and ~/metrics to "
         "<out>/replay_bag and write the report of 'cldyn eval bag' (report.json, report.md, "
-        "plots, contact sheet) with the pairs the node dropped. Needs ROS 2 (rclpy).",
+        "plots, contact sheet) with the pairs the node dropped. A CompressedImage topic "
+        "(<camera>/image_raw/compressed) is published as CompressedImage on its own name, "
+        "for a node subscribed with the compressed transport; the cameras' camera_info "
+        "topics in the bag are published too, and the node's <output>/../camera_info "
+        "recorded. Needs ROS 2 (rclpy).",
     )
     p.add_argument("bag", type=Path, help="bag folder (with metadata.yaml)")
-    p.add_argument("--thermal-topic", default="/thermal/image")
-    p.add_argument("--rgb-topic", default="/rgb/image")
+    p.add_argument("--thermal-topic", default="/thermal/image",
+                   help="the bag's thermal Image or CompressedImage topic")
+    p.add_argument("--rgb-topic", default="/rgb/image",
+                   help="the bag's colour Image or CompressedImage topic")
     p.add_argument("--node", default="/cldyn_fusion", help="full name of the fusion node")
     p.add_argument("--rate", type=float, default=1.0, help="playback rate factor")
     p.add_argument("--clock", action="store_true",

@@ -37,15 +37,22 @@ from .. import __version__
 from ..inference.engine import FusionEngine
 from ..metrics import METRIC_NAMES, fusion_metrics
 from ..model import rgb_to_ycbcr
+from ..streams.camera_info import CameraInfoData, camera_info_topic, fused_camera_info
+from ..streams.image_convert import ColorFrame, color_from_array, thermal_from_array
+from ..streams.image_msgs import ImageMessageError
 from ..streams.pairing import ApproximateTimePairer, Frame, Pair
 from ..streams.pipeline import FramePipeline, InputImage
 from ..streams.settings import FusionSettings
 from .bags import (
+    CAMERA_INFO_TYPE,
     BagError,
+    BagInfo,
     ImageBagWriter,
     bag_info,
     check_image_topics,
+    decode_camera_info,
     decode_image,
+    decode_stamp,
     iter_messages,
     typestore_for,
 )
@@ -53,6 +60,7 @@ from .bags import (
 __all__ = [
     "BagEvalSettings",
     "ReportBuilder",
+    "decode_input",
     "evaluate_bag",
     "image_luminance",
     "pair_bag",
@@ -62,6 +70,8 @@ __all__ = [
 _NS = 1_000_000_000
 #: Fused topic of a task in an output bag (as the node publishes in multi-task mode).
 FUSED_TOPIC = "/fused/{task}/image"
+#: Its camera_info topic (written when the bag has the colour camera's camera_info).
+FUSED_INFO_TOPIC = "/fused/{task}/camera_info"
 #: Most pairs in the contact sheet.
 SHEET_ROWS = 6
 
@@ -81,11 +91,43 @@ class BagEvalSettings:
     write_bag: bool = False
     storage: str | None = None  # of the output bag; None: as the input
     progress: bool = True
+    #: The colour camera's camera_info topic: "" = the image topic's sibling
+    #: (``/rgb/image`` -> ``/rgb/camera_info``) if the bag has it, None = not used.
+    rgb_camera_info: str | None = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {"thermal_topic": self.thermal_topic, "rgb_topic": self.rgb_topic,
                 "tasks": list(self.tasks), "slop_s": self.slop, "queue_size": self.queue_size,
                 "max_delay_s": self.max_delay, "metrics": list(self.metrics)}
+
+    def camera_info_topic(self, info: BagInfo) -> str | None:
+        """The colour camera_info topic to use in this bag, or None (checked: an explicit
+        topic must exist and be ``sensor_msgs/msg/CameraInfo``)."""
+        if self.rgb_camera_info is None:
+            return None
+        topic = self.rgb_camera_info or camera_info_topic(self.rgb_topic)
+        found = info.topics.get(topic)
+        if found is not None and found[0] == CAMERA_INFO_TYPE:
+            return topic
+        if self.rgb_camera_info:
+            what = "not in the bag" if found is None else f"of type '{found[0]}'"
+            raise BagError(f"camera_info topic '{topic}' is {what}, not {CAMERA_INFO_TYPE}")
+        return None
+
+
+def decode_input(raw: bytes, store: Any, topic: str, log_ns: int, msgtype: str,
+                 role: str) -> tuple[Any, np.ndarray | ColorFrame]:
+    """Decode one bag image message into a fusion input: ``(record, input)``, the input
+    an ``H x W`` thermal array (``role`` ``thermal``) or a :class:`ColorFrame` (writable
+    copies: the bag's buffers are read-only, which torch warns about)."""
+    rec = decode_image(raw, store, topic, log_ns, msgtype)
+    try:
+        if role == "thermal":
+            return rec, np.array(thermal_from_array(rec.image, rec.encoding), copy=True)
+        frame = color_from_array(rec.image, rec.encoding)
+        return rec, ColorFrame(np.array(frame.image, copy=True), frame.order)
+    except ImageMessageError as e:
+        raise BagError(f"image on '{topic}' at {log_ns} ns cannot be used: {e}") from None
 
 
 def image_luminance(image: np.ndarray, order: str = "rgb") -> Tensor:
@@ -238,9 +280,9 @@ def pair_bag(path: str | Path, thermal_topic: str, rgb_topic: str,
     pairs: list[Pair] = []
     warnings: list[str] = []
     try:
-        for topic, _, log_ns, raw in iter_messages(path, [thermal_topic, rgb_topic]):
-            rec = decode_image(raw, store, topic, log_ns)
-            frame = Frame(rec.stamp_ns, None, rec.frame_id, log_ns)
+        for topic, msgtype, log_ns, raw in iter_messages(path, [thermal_topic, rgb_topic]):
+            stamp_ns, frame_id = decode_stamp(raw, store, msgtype, topic, log_ns)
+            frame = Frame(stamp_ns, None, frame_id, log_ns)
             pairs += pairer.add_thermal(frame) if topic == thermal_topic else \
                 pairer.add_color(frame)
     except BagError as e:
@@ -293,6 +335,7 @@ def evaluate_bag(
                   metrics_every_n=0)
     pipeline = FramePipeline(engine, FusionSettings.from_values(values, engine.task_names),
                              configure_engine=False)
+    info_topic = settings.camera_info_topic(info)
     store = typestore_for("kilted")
     n_color = info.topics[settings.rgb_topic][1]
     n_msgs = n_color + info.topics[settings.thermal_topic][1]
@@ -313,6 +356,8 @@ def evaluate_bag(
             overwrite=True)
         writer.__enter__()
     start_ns = None
+    color_info: CameraInfoData | None = None
+    info_counts = {"received": 0, "errors": 0, "written": 0}
 
     def handle(pairs: list[Pair], log_ns: int) -> None:
         nonlocal fusion_errors
@@ -342,6 +387,12 @@ def evaluate_bag(
                     writer.write_image(FUSED_TOPIC.format(task=label), img,
                                        f"{result.color_order}8", pair.color.stamp_ns,
                                        pair.color.frame_id, log_ns)
+                    if color_info is not None:
+                        writer.write_camera_info(
+                            FUSED_INFO_TOPIC.format(task=label),
+                            fused_camera_info(color_info, *img.shape[:2]),
+                            pair.color.stamp_ns, pair.color.frame_id, log_ns)
+                        info_counts["written"] += 1
 
     try:
         not_copied: set[str] = set()
@@ -350,7 +401,8 @@ def evaluate_bag(
         last_log = 0
         color_index = 0
         try:
-            topics = None if writer is not None else [settings.thermal_topic, settings.rgb_topic]
+            topics = None if writer is not None else [
+                t for t in (settings.thermal_topic, settings.rgb_topic, info_topic) if t]
             for topic, msgtype, log_ns, raw in iter_messages(bag, topics):
                 last_log = log_ns
                 if writer is not None and topic not in not_copied:
@@ -359,24 +411,33 @@ def evaluate_bag(
                     except BagError as e:  # e.g. a custom message type unknown to rosbags
                         not_copied.add(topic)
                         warnings.append(f"topic '{topic}' not copied to the output bag: {e}")
+                if topic == info_topic:
+                    try:
+                        color_info = decode_camera_info(raw, store, topic, log_ns)[2]
+                        info_counts["received"] += 1
+                    except BagError as e:
+                        info_counts["errors"] += 1
+                        if info_counts["errors"] <= 5:
+                            warnings.append(str(e))
+                    continue
                 if topic not in (settings.thermal_topic, settings.rgb_topic):
                     continue
                 progress.update(1)
                 t0 = time.perf_counter()
+                role = "thermal" if topic == settings.thermal_topic else "color"
                 try:
-                    rec = decode_image(raw, store, topic, log_ns)
+                    rec, pixels = decode_input(raw, store, topic, log_ns, msgtype, role)
                 except BagError as e:
                     decode_errors += 1
                     if decode_errors <= 5:
                         warnings.append(str(e))
                     continue
-                role = "thermal" if topic == settings.thermal_topic else "color"
-                index = None
-                if role == "color":
+                decode_ms = (time.perf_counter() - t0) * 1000.0
+                if isinstance(pixels, ColorFrame):
                     index, color_index = color_index, color_index + 1
-                # A writable copy: the bag's buffer is read-only, which torch warns about.
-                payload = InputImage(rec.image.copy(), rec.encoding, index,
-                                     (time.perf_counter() - t0) * 1000.0)
+                    payload = InputImage(pixels.image, f"{pixels.order}8", index, decode_ms)
+                else:
+                    payload = InputImage(pixels, rec.encoding, None, decode_ms)
                 frame = Frame(rec.stamp_ns, payload, rec.frame_id, log_ns)
                 if start_ns is None:
                     start_ns = rec.stamp_ns
@@ -412,6 +473,7 @@ def evaluate_bag(
         "pairing": {**stats, "gap_ms": summary_stats([r["gap_ms"] for r in records])},
         "frames": {"fused": len(records), "fusion_errors": fusion_errors,
                    "decode_errors": decode_errors},
+        "camera_info": {"topic": info_topic, **info_counts},
         "summary": builder.summary(),
         "latency_ms": builder.latency(),
         "warnings": warnings,
@@ -441,6 +503,10 @@ def report_markdown(report: Mapping[str, Any]) -> str:
               f"- tasks: {', '.join(s['tasks'])}",
               f"- pairing: slop {s['slop_s'] * 1000:g} ms, queue {s['queue_size']}, "
               f"max delay {s['max_delay_s']:g} s"]
+    info = report.get("camera_info") or {}
+    if info.get("topic"):
+        lines.append(f"- colour camera_info: `{info['topic']}` ({info['received']} messages, "
+                     f"{info['written']} fused camera_info written)")
     model = report.get("model", {})
     if model:
         lines.append(f"- model: {model.get('label') or '?'} on {model.get('device', '?')} "

@@ -28,18 +28,24 @@ import math
 import os
 import shutil
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..streams.image_msgs import ImageMessageError, image_to_numpy, numpy_to_image, stamp_to_ns
+from ..streams.camera_info import CameraInfoData
+from ..streams.compressed import COMPRESSED_TYPE, encode_compressed
+from ..streams.image_convert import message_array
+from ..streams.image_msgs import ImageMessageError, numpy_to_image, stamp_to_ns
 
 __all__ = [
+    "CAMERA_INFO_TYPE",
+    "COMPRESSED_TYPE",
     "DISTROS",
     "IMAGE_TYPE",
+    "IMAGE_TYPES",
     "STORAGES",
     "BagError",
     "BagInfo",
@@ -47,6 +53,9 @@ __all__ = [
     "ImageRecord",
     "StreamFrame",
     "bag_info",
+    "camera_info_message",
+    "decode_camera_info",
+    "decode_stamp",
     "folder_stream",
     "image_message",
     "iter_messages",
@@ -58,6 +67,9 @@ __all__ = [
 ]
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
+#: Message types the image tools read: raw and compressed images.
+IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_TYPE)
+CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 STORAGES = ("mcap", "sqlite3")
 #: Distros whose message definitions the writer can use, and the metadata version written.
 DISTROS = {"humble": 8, "jazzy": 8, "kilted": 9}
@@ -452,9 +464,10 @@ def bag_info(path: str | Path) -> BagInfo:
 
 
 def check_image_topics(info: BagInfo, topics: Sequence[str]) -> None:
-    """Raise :class:`BagError` unless every topic exists, is ``sensor_msgs/msg/Image`` and
-    holds messages; the message lists the image topics the bag does have."""
-    images = sorted(t for t, (m, _) in info.topics.items() if m == IMAGE_TYPE)
+    """Raise :class:`BagError` unless every topic exists, is ``sensor_msgs/msg/Image`` or
+    ``sensor_msgs/msg/CompressedImage`` and holds messages; the message lists the image
+    topics the bag does have."""
+    images = sorted(t for t, (m, _) in info.topics.items() if m in IMAGE_TYPES)
     have = f"image topics in the bag: {', '.join(images) if images else 'none'}"
     if info.damaged:
         have += f"; the bag is damaged: {info.damaged}"
@@ -462,9 +475,9 @@ def check_image_topics(info: BagInfo, topics: Sequence[str]) -> None:
         if topic not in info.topics:
             raise BagError(f"topic '{topic}' is not in bag '{info.path}' ({have})")
         msgtype, count = info.topics[topic]
-        if msgtype != IMAGE_TYPE:
+        if msgtype not in IMAGE_TYPES:
             raise BagError(f"topic '{topic}' has message type '{msgtype}', not {IMAGE_TYPE} "
-                           f"({have})")
+                           f"or {COMPRESSED_TYPE} ({have})")
         if count == 0:
             raise BagError(f"topic '{topic}' has no messages in bag '{info.path}'")
 
@@ -540,8 +553,11 @@ def _salvaged_messages(path: Path, salvage: _McapSalvage | _Sqlite3Salvage,
 class ImageRecord:
     """One image message of a bag, decoded.
 
-    ``image`` is ``H x W`` (thermal) or ``H x W x 3`` in the message's channel order
-    (``encoding`` tells ``rgb8`` from ``bgr8``); ``raw`` the message's CDR bytes.
+    ``image`` is in ``encoding``'s layout (``H x W`` mono, ``H x W x 3`` in the message's
+    channel order, ...; see :func:`~cldyn_ros.streams.image_msgs.image_to_numpy`); for a
+    CompressedImage the decoded pixels and the encoding its ``format`` names. Turn it into a
+    fusion input with :mod:`cldyn_ros.streams.image_convert`. ``raw`` is the message's CDR
+    bytes, ``msgtype`` its type.
     """
 
     topic: str
@@ -551,47 +567,95 @@ class ImageRecord:
     encoding: str
     image: np.ndarray
     raw: bytes = b""
+    msgtype: str = IMAGE_TYPE
 
 
-def decode_image(raw: bytes, typestore: Any, topic: str = "", log_ns: int = 0) -> ImageRecord:
-    """Deserialise one ``sensor_msgs/msg/Image`` and view its pixels (:class:`BagError` if it
-    cannot be decoded or has an unsupported encoding)."""
+def _deserialize(raw: bytes, typestore: Any, msgtype: str, topic: str, log_ns: int) -> Any:
     try:
-        msg = typestore.deserialize_cdr(raw, IMAGE_TYPE)
+        return typestore.deserialize_cdr(raw, msgtype)
     except Exception as e:
-        raise BagError(f"message on '{topic}' at {log_ns} ns is not a valid {IMAGE_TYPE} "
+        raise BagError(f"message on '{topic}' at {log_ns} ns is not a valid {msgtype} "
                        f"({_reason(e)})") from None
+
+
+def decode_image(raw: bytes, typestore: Any, topic: str = "", log_ns: int = 0,
+                 msgtype: str = IMAGE_TYPE) -> ImageRecord:
+    """Deserialise one ``sensor_msgs/msg/Image`` or ``CompressedImage`` and view (decode) its
+    pixels (:class:`BagError` if it cannot be decoded or has an unsupported encoding)."""
+    if msgtype not in IMAGE_TYPES:
+        raise BagError(f"'{topic}' has message type '{msgtype}', not an image")
+    msg = _deserialize(raw, typestore, msgtype, topic, log_ns)
     try:
-        image = image_to_numpy(msg)
+        image, encoding = message_array(msg)
     except ImageMessageError as e:
         raise BagError(f"image on '{topic}' at {log_ns} ns cannot be used: {e}") from None
     return ImageRecord(topic, log_ns, stamp_to_ns(msg.header.stamp), msg.header.frame_id,
-                       msg.encoding, image, raw)
+                       encoding, image, raw, msgtype)
+
+
+def decode_stamp(raw: bytes, typestore: Any, msgtype: str, topic: str = "",
+                 log_ns: int = 0) -> tuple[int, str]:
+    """``(header stamp ns, frame_id)`` of a message with a header, without decoding pixels."""
+    msg = _deserialize(raw, typestore, msgtype, topic, log_ns)
+    return stamp_to_ns(msg.header.stamp), str(msg.header.frame_id)
+
+
+def decode_camera_info(raw: bytes, typestore: Any, topic: str = "",
+                       log_ns: int = 0) -> tuple[int, str, CameraInfoData]:
+    """``(stamp ns, frame_id, content)`` of one ``sensor_msgs/msg/CameraInfo``."""
+    msg = _deserialize(raw, typestore, CAMERA_INFO_TYPE, topic, log_ns)
+    try:
+        info = CameraInfoData.from_message(msg)
+    except ValueError as e:
+        raise BagError(f"camera_info on '{topic}' at {log_ns} ns cannot be used: {e}") from None
+    return stamp_to_ns(msg.header.stamp), str(msg.header.frame_id), info
 
 
 def read_images(path: str | Path, topics: Sequence[str]) -> Iterator[ImageRecord]:
     """Decode the image messages of ``topics`` in log-time order (checks the topics first)."""
-    check_image_topics(bag_info(path), topics)
-    store = typestore_for("kilted")  # sensor_msgs/Image is the same in every ROS 2 distro
-    for topic, _, log_ns, raw in iter_messages(path, topics):
-        yield decode_image(raw, store, topic, log_ns)
+    info = bag_info(path)
+    check_image_topics(info, topics)
+    store = typestore_for("kilted")  # the sensor_msgs types are the same in every ROS 2 distro
+    for topic, msgtype, log_ns, raw in iter_messages(path, topics):
+        yield decode_image(raw, store, topic, log_ns, msgtype)
 
 
 # ------------------------------------------------------------------------------- writing
-def image_message(typestore: Any, image: np.ndarray, encoding: str, stamp_ns: int,
-                  frame_id: str = "") -> Any:
-    """A ``rosbags`` ``sensor_msgs/msg/Image`` with these pixels and header."""
-    Image = typestore.types[IMAGE_TYPE]
+def _header(typestore: Any, stamp_ns: int, frame_id: str) -> Any:
     Header = typestore.types["std_msgs/msg/Header"]
     Time = typestore.types["builtin_interfaces/msg/Time"]
     sec, nanosec = divmod(int(stamp_ns), _NS)
-    header = Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id=frame_id)
-    msg = Image(header=header, height=0, width=0, encoding="", is_bigendian=0, step=0,
-                data=np.zeros(0, np.uint8))
+    return Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id=frame_id)
+
+
+def image_message(typestore: Any, image: np.ndarray, encoding: str, stamp_ns: int,
+                  frame_id: str = "", codec: str | None = None) -> Any:
+    """A ``rosbags`` ``sensor_msgs/msg/Image`` with these pixels and header, or with
+    ``codec`` (``jpeg``/``png``) a ``sensor_msgs/msg/CompressedImage`` as image_transport's
+    compressed publisher writes it."""
+    header = _header(typestore, stamp_ns, frame_id)
     try:
+        if codec is not None:
+            fmt, data = encode_compressed(image, encoding, codec)
+            return typestore.types[COMPRESSED_TYPE](header=header, format=fmt,
+                                                    data=np.frombuffer(data, np.uint8))
+        msg = typestore.types[IMAGE_TYPE](header=header, height=0, width=0, encoding="",
+                                          is_bigendian=0, step=0, data=np.zeros(0, np.uint8))
         return numpy_to_image(image, encoding, msg)
     except ImageMessageError as e:
         raise BagError(str(e)) from None
+
+
+def camera_info_message(typestore: Any, info: CameraInfoData, stamp_ns: int,
+                        frame_id: str = "") -> Any:
+    """A ``rosbags`` ``sensor_msgs/msg/CameraInfo`` with this content and header."""
+    roi = typestore.types["sensor_msgs/msg/RegionOfInterest"](
+        x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
+    msg = typestore.types[CAMERA_INFO_TYPE](
+        header=_header(typestore, stamp_ns, frame_id), height=0, width=0,
+        distortion_model="", d=np.zeros(0), k=np.zeros(9), r=np.zeros(9), p=np.zeros(12),
+        binning_x=0, binning_y=0, roi=roi)
+    return info.fill(msg)
 
 
 class ImageBagWriter:
@@ -712,12 +776,22 @@ class ImageBagWriter:
         self.counts[topic] += 1
 
     def write_image(self, topic: str, image: np.ndarray, encoding: str, stamp_ns: int,
-                    frame_id: str = "", log_ns: int | None = None) -> bytes:
+                    frame_id: str = "", log_ns: int | None = None,
+                    codec: str | None = None) -> bytes:
         """Write one image (header stamp ``stamp_ns``; logged at ``log_ns`` or the stamp);
-        returns its CDR bytes."""
-        msg = image_message(self.typestore, image, encoding, stamp_ns, frame_id)
-        raw = bytes(self.typestore.serialize_cdr(msg, IMAGE_TYPE))
-        self.write_raw(topic, stamp_ns if log_ns is None else log_ns, raw)
+        with ``codec`` (``jpeg``/``png``) as a CompressedImage. Returns its CDR bytes."""
+        msgtype = IMAGE_TYPE if codec is None else COMPRESSED_TYPE
+        msg = image_message(self.typestore, image, encoding, stamp_ns, frame_id, codec)
+        raw = bytes(self.typestore.serialize_cdr(msg, msgtype))
+        self.write_raw(topic, stamp_ns if log_ns is None else log_ns, raw, msgtype)
+        return raw
+
+    def write_camera_info(self, topic: str, info: CameraInfoData, stamp_ns: int,
+                          frame_id: str = "", log_ns: int | None = None) -> bytes:
+        """Write one CameraInfo (as :meth:`write_image`); returns its CDR bytes."""
+        msg = camera_info_message(self.typestore, info, stamp_ns, frame_id)
+        raw = bytes(self.typestore.serialize_cdr(msg, CAMERA_INFO_TYPE))
+        self.write_raw(topic, stamp_ns if log_ns is None else log_ns, raw, CAMERA_INFO_TYPE)
         return raw
 
 
@@ -876,20 +950,44 @@ def write_stream(
     overwrite: bool = False,
     progress: bool = False,
     total: int | None = None,
+    compressed: bool = False,
+    camera_info: Mapping[str, CameraInfoData | None] | None = None,
 ) -> dict[str, int]:
-    """Write generated frames to a new bag; returns the message count per topic."""
+    """Write generated frames to a new bag; returns the message count per topic.
+
+    ``compressed``: write ``<topic>/compressed`` CompressedImage topics instead (colour
+    JPEG, thermal PNG keeping 16 bits), as image_transport records them. ``camera_info``
+    maps ``thermal``/``rgb`` to a calibration (None: a 60-degree pinhole of the frame's
+    size); each image then gets a CameraInfo with its header on ``<camera>/camera_info``.
+    """
     from tqdm import tqdm
 
+    from ..streams.camera_info import camera_info_topic, pinhole_camera_info
+
+    topics = {"thermal": thermal_topic, "rgb": rgb_topic}
+    if compressed:
+        topics = {k: f"{t.rstrip('/')}/compressed" for k, t in topics.items()}
+    codecs: dict[str, str | None] = (
+        {"thermal": "png", "rgb": "jpeg"} if compressed else {"thermal": None, "rgb": None})
+    frames_of = {"thermal": "thermal_camera", "rgb": "rgb_camera"}
+    infos: dict[str, CameraInfoData | None] = dict(camera_info or {})
     with ImageBagWriter(out, storage, distro, overwrite) as writer:
-        writer.add_topic(thermal_topic)
-        writer.add_topic(rgb_topic)
+        for stream in ("thermal", "rgb"):
+            writer.add_topic(topics[stream], COMPRESSED_TYPE if compressed else IMAGE_TYPE)
+            if stream in infos:
+                writer.add_topic(camera_info_topic(topics[stream]), CAMERA_INFO_TYPE)
         for frame, image in tqdm(frames, desc="write bag", unit="msg", total=total,
                                  disable=not progress):
             if frame.stream == "thermal":
                 encoding = "mono16" if image.dtype == np.uint16 else "mono8"
-                writer.write_image(thermal_topic, image, encoding, frame.stamp_ns,
-                                   "thermal_camera", frame.log_ns)
             else:
-                writer.write_image(rgb_topic, np.ascontiguousarray(image), rgb_encoding,
-                                   frame.stamp_ns, "rgb_camera", frame.log_ns)
+                encoding, image = rgb_encoding, np.ascontiguousarray(image)
+            writer.write_image(topics[frame.stream], image, encoding, frame.stamp_ns,
+                               frames_of[frame.stream], frame.log_ns, codecs[frame.stream])
+            if frame.stream in infos:
+                calib = infos[frame.stream]
+                if calib is None:
+                    calib = infos[frame.stream] = pinhole_camera_info(*image.shape[:2])
+                writer.write_camera_info(camera_info_topic(topics[frame.stream]), calib,
+                                         frame.stamp_ns, frames_of[frame.stream], frame.log_ns)
         return dict(writer.counts)

@@ -1,6 +1,9 @@
 """Live replay of a bag through a running ``fusion_node`` over real DDS.
 
-The bag's two image topics are published with their original timing (scaled by a rate
+The bag's two image topics (``sensor_msgs/Image`` or, for ``.../compressed`` topics,
+``sensor_msgs/CompressedImage``, published as they are on the same topic, as
+image_transport's compressed publisher would) and the cameras' ``camera_info`` topics where
+the bag has them are published with their original timing (scaled by a rate
 factor; optionally with ``/clock`` for nodes on ``use_sim_time``), the node's fused outputs
 and its ``~/metrics`` are recorded to a bag, and the same report as the offline evaluation
 (:mod:`cldyn_ros.offline.bag_eval`) is written, with a ``live`` section: how many pairs the node's
@@ -30,6 +33,7 @@ from ..imaging.thermal import ThermalNormalizer, thermal_to_unit
 from ..metrics import METRIC_NAMES
 from ..offline.bag_eval import (
     ReportBuilder,
+    decode_input,
     image_luminance,
     pair_bag,
     pairing_warnings,
@@ -38,17 +42,23 @@ from ..offline.bag_eval import (
     write_report,
 )
 from ..offline.bags import (
+    CAMERA_INFO_TYPE,
+    COMPRESSED_TYPE,
     BagError,
+    BagInfo,
     ImageBagWriter,
     bag_info,
     check_image_topics,
     decode_image,
+    decode_stamp,
     iter_messages,
     typestore_for,
 )
+from ..streams.camera_info import camera_info_topic
+from ..streams.image_convert import ColorFrame
 from ..streams.settings import FusionSettings
 
-__all__ = ["ReplayError", "ReplaySettings", "replay_bag"]
+__all__ = ["ReplayError", "ReplaySettings", "create_input_publishers", "replay_bag"]
 
 _NS = 1_000_000_000
 DIAG_TYPE = "diagnostic_msgs/msg/DiagnosticArray"
@@ -99,6 +109,7 @@ class _State:
     metrics_raw: list[tuple[int, bytes]] = field(default_factory=list)
     last_metrics: dict[str, str] = field(default_factory=dict)
     published: dict[int, float] = field(default_factory=dict)  # colour stamp -> wall time
+    camera_info: dict[str, list[_Received]] = field(default_factory=dict)  # fused */camera_info
     last_output: float = 0.0
     warnings: list[str] = field(default_factory=list)
 
@@ -152,7 +163,7 @@ def replay_bag(bag: str | Path, settings: ReplaySettings,
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from rclpy.signals import SignalHandlerOptions
         from rosgraph_msgs.msg import Clock
-        from sensor_msgs.msg import Image
+        from sensor_msgs.msg import CameraInfo, Image
     except ImportError as e:
         raise ReplayError(f"live replay needs ROS 2 (rclpy): {e}; 'cldyn eval bag' evaluates "
                           "offline without it") from None
@@ -174,17 +185,22 @@ def replay_bag(bag: str | Path, settings: ReplaySettings,
                               "running, with the same ROS_DOMAIN_ID and discovery range?)")
         outputs = dict(settings.outputs or _default_outputs(params, settings.node))
         qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-        pubs = {t: node.create_publisher(Image, t, qos)
-                for t in (settings.thermal_topic, settings.rgb_topic)}
+        pubs, info_pubs = create_input_publishers(node, info, settings.thermal_topic,
+                                                  settings.rgb_topic, qos)
         clock_pub = node.create_publisher(Clock, "/clock", 10) if settings.clock else None
         for topic in outputs.values():
             state.fused[topic] = {}
             node.create_subscription(Image, topic, _recorder(state, topic, store), qos,
                                      raw=True)
+            info_topic = camera_info_topic(topic)
+            state.camera_info[info_topic] = []
+            node.create_subscription(CameraInfo, info_topic,
+                                     _info_recorder(state, info_topic), qos, raw=True)
         metrics_topic = f"{settings.node.rstrip('/')}/metrics"
         node.create_subscription(DiagnosticArray, metrics_topic, _metrics_recorder(state), 100)
         _wait_connected(node, pubs, list(outputs.values()), settings)
-        published = _play(bag, settings, pubs, clock_pub, state, store, Clock, info)
+        published = _play(bag, settings, pubs, clock_pub, state, store, Clock, info,
+                          info_pubs)
         _settle(state, settings)
     finally:
         executor.shutdown(timeout_sec=5)
@@ -200,6 +216,38 @@ def replay_bag(bag: str | Path, settings: ReplaySettings,
     report = _build_report(bag, info, settings, params, outputs, expected, stats, warnings,
                            state, published, out_dir, metrics_topic)
     return report
+
+
+def create_input_publishers(node: Any, info: BagInfo, thermal_topic: str, rgb_topic: str,
+                            qos: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Publishers of what the replay sends: ``(image publishers, camera_info publishers)``.
+
+    Each image topic gets a publisher of the bag's type on the bag's topic name
+    (``sensor_msgs/Image``, or ``sensor_msgs/CompressedImage`` for a compressed topic such
+    as ``/rgb/image_raw/compressed``, where a node with the ``compressed`` transport
+    listens). The camera_info sibling of each image topic (``/rgb/camera_info``) gets a
+    ``sensor_msgs/CameraInfo`` publisher where the bag has that topic.
+    """
+    from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+
+    types = {COMPRESSED_TYPE: CompressedImage}
+    images = {t: node.create_publisher(types.get(info.topics[t][0], Image), t, qos)
+              for t in (thermal_topic, rgb_topic)}
+    infos = {}
+    for topic in (thermal_topic, rgb_topic):
+        sibling = camera_info_topic(topic)
+        found = info.topics.get(sibling)
+        if found is not None and found[0] == CAMERA_INFO_TYPE and sibling not in infos:
+            infos[sibling] = node.create_publisher(CameraInfo, sibling, qos)
+    return images, infos
+
+
+def _info_recorder(state: _State, topic: str):
+    def record(raw: bytes) -> None:
+        with state.lock:
+            state.camera_info[topic].append(_Received(time.monotonic(), bytes(raw)))
+
+    return record
 
 
 def _spin(executor: Any) -> None:
@@ -263,12 +311,14 @@ def _wait_connected(node: Any, pubs: Mapping[str, Any], outputs: Sequence[str],
 
 
 def _play(bag: Path, settings: ReplaySettings, pubs: Mapping[str, Any], clock_pub: Any,
-          state: _State, store: Any, clock_type: Any, info: Any) -> dict[str, int]:
+          state: _State, store: Any, clock_type: Any, info: Any,
+          info_pubs: Mapping[str, Any] | None = None) -> dict[str, int]:
     from builtin_interfaces.msg import Time
     from tqdm import tqdm
 
-    counts = {"thermal": 0, "rgb": 0}
-    total = sum(info.topics[t][1] for t in pubs)
+    info_pubs = info_pubs or {}
+    counts = {"thermal": 0, "rgb": 0, "camera_info": 0}
+    total = sum(info.topics[t][1] for t in [*pubs, *info_pubs])
     start_wall: float | None = None
     first_log = 0
 
@@ -277,7 +327,8 @@ def _play(bag: Path, settings: ReplaySettings, pubs: Mapping[str, Any], clock_pu
         clock_pub.publish(clock_type(clock=Time(sec=sec, nanosec=nanosec)))
 
     with tqdm(total=total, desc="replay", unit="msg", disable=not settings.progress) as bar:
-        for topic, log_ns, raw in _messages_until_damage(bag, list(pubs), state):
+        for topic, msgtype, log_ns, raw in _messages_until_damage(
+                bag, [*pubs, *info_pubs], state):
             if start_wall is None:
                 start_wall, first_log = time.monotonic() + 0.1, log_ns
             target = start_wall + (log_ns - first_log) / _NS / settings.rate
@@ -289,9 +340,14 @@ def _play(bag: Path, settings: ReplaySettings, pubs: Mapping[str, Any], clock_pu
                 if now >= target:
                     break
                 time.sleep(min(target - now, 0.01))
+            if topic in info_pubs:
+                info_pubs[topic].publish(raw)
+                counts["camera_info"] += 1
+                bar.update(1)
+                continue
             if topic == settings.rgb_topic:
                 with state.lock:
-                    state.published[_stamp_of(raw, store)] = time.monotonic()
+                    state.published[decode_stamp(raw, store, msgtype)[0]] = time.monotonic()
                 counts["rgb"] += 1
             else:
                 counts["thermal"] += 1
@@ -303,8 +359,7 @@ def _play(bag: Path, settings: ReplaySettings, pubs: Mapping[str, Any], clock_pu
 def _messages_until_damage(bag: Path, topics: list[str], state: _State):
     """The bag's messages; a damaged end is recorded as a warning instead of raised."""
     try:
-        for topic, _, log_ns, raw in iter_messages(bag, topics):
-            yield topic, log_ns, raw
+        yield from iter_messages(bag, topics)
     except BagError as e:
         state.warnings.append(f"{e}; replayed every intact message")
 
@@ -342,16 +397,19 @@ def _build_report(bag: Path, info: Any, settings: ReplaySettings, params: Mappin
     thermals: dict[int, np.ndarray] = {}
     received = set(received_stamps)
     try:
-        for topic, _, log_ns, raw in iter_messages(bag, [settings.thermal_topic,
-                                                           settings.rgb_topic]):
+        for topic, msgtype, log_ns, raw in iter_messages(bag, [settings.thermal_topic,
+                                                                 settings.rgb_topic]):
+            role = "thermal" if topic == settings.thermal_topic else "color"
             try:
-                rec = decode_image(raw, store, topic, log_ns)
+                if role == "color" and decode_stamp(raw, store, msgtype)[0] not in received:
+                    continue
+                rec, pixels = decode_input(raw, store, topic, log_ns, msgtype, role)
             except BagError:
                 continue
-            if topic == settings.thermal_topic:
-                thermals[rec.stamp_ns] = rec.image
-            elif rec.stamp_ns in received:
-                colors[rec.stamp_ns] = (rec.image, rec.encoding)
+            if isinstance(pixels, ColorFrame):
+                colors[rec.stamp_ns] = (pixels.image, pixels.order)
+            else:
+                thermals[rec.stamp_ns] = pixels
     except BagError as e:
         warnings.append(str(e))
     thermal_stamps = np.array(sorted(thermals), dtype=np.int64)
@@ -381,9 +439,8 @@ def _build_report(bag: Path, info: Any, settings: ReplaySettings, params: Mappin
     for s in received_stamps:
         if s not in colors or thermal_for.get(s) not in thermals:
             continue
-        color, encoding = colors.pop(s)
+        color, in_order = colors.pop(s)
         thermal = thermals[thermal_for[s]]
-        in_order = "bgr" if encoding == "bgr8" else "rgb"
         images = {}
         for label, t in outputs.items():
             got = state.fused[t].get(s)
@@ -417,6 +474,8 @@ def _build_report(bag: Path, info: Any, settings: ReplaySettings, params: Mappin
         "outputs": {label: {"topic": t, "received": len(state.fused[t])}
                     for label, t in outputs.items()},
         "published_thermal": published["thermal"], "published_rgb": published["rgb"],
+        "published_camera_info": published.get("camera_info", 0),
+        "fused_camera_info": {t: len(v) for t, v in state.camera_info.items()},
         "pairs_offline": len(expected), "pairs_received": len(received_stamps),
         "pairs_received_all_outputs": len(all_received),
         "pairs_dropped": len(dropped), "received_not_paired_offline": len(unexpected),
@@ -466,6 +525,10 @@ def _build_report(bag: Path, info: Any, settings: ReplaySettings, params: Mappin
                 writer.write_raw(topic, max(log, base), raw)
             for stamp, raw in sorted(state.metrics_raw):
                 writer.write_raw(metrics_topic, stamp, raw, DIAG_TYPE)
+            for topic, infos in state.camera_info.items():
+                for r in infos:
+                    log = base + int((r.recv - first_pub) * settings.rate * _NS)
+                    writer.write_raw(topic, max(log, base), r.raw, CAMERA_INFO_TYPE)
         report["output_bag"] = {"path": str(out_bag), "topics": dict(writer.counts)}
     if out_dir is not None:
         write_report(out_dir, report, builder.samples, labels)

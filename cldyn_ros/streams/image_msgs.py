@@ -6,9 +6,15 @@ Duck-typed: any object with ``height``, ``width``, ``encoding``, ``is_bigendian`
 sensor_msgs, so bag tools and tests run without ROS, and cv_bridge (not available from PyPI)
 is not needed.
 
-Only the encodings the fusion node uses are supported: 8/16-bit single-channel thermal images
-and 8-bit RGB/BGR colour images. Channel order is never changed: a ``bgr8`` message gives a
-BGR array.
+This module only maps the bytes of a message to an array of the encoding's layout (any
+encoding of :data:`RAW_ENCODINGS`: mono, colour with or without alpha, 8 or 16 bits, 32-bit
+float, packed YUV 4:2:2 as ``H x W x 2``, Bayer mosaics as ``H x W``); channel order is never
+changed: a ``bgr8`` message gives a BGR array. Turning those arrays into fusion inputs
+(demosaicing, YUV to BGR, 16 to 8 bits, colour-coded thermal to grey) is
+:mod:`cldyn_ros.streams.image_convert`.
+
+:data:`THERMAL_ENCODINGS` and :data:`COLOR_ENCODINGS` are the encodings whose array is a
+fusion input as it is (no conversion).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import numpy as np
 
 __all__ = [
     "COLOR_ENCODINGS",
+    "RAW_ENCODINGS",
     "THERMAL_ENCODINGS",
     "ImageMessageError",
     "encoding_info",
@@ -33,15 +40,33 @@ __all__ = [
 THERMAL_ENCODINGS = ("mono8", "mono16", "16UC1", "8UC1")
 COLOR_ENCODINGS = ("rgb8", "bgr8")
 
-# encoding -> (dtype, channels). Byte order is applied separately (is_bigendian).
+_U8, _U16, _F32 = np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32)
+# encoding -> (dtype, channels), as sensor_msgs/image_encodings.hpp defines them. Byte order
+# is applied separately (is_bigendian). yuv422 (UYVY) and yuv422_yuy2 (YUYV) pack two
+# pixels in four bytes: two bytes per pixel, viewed as H x W x 2.
 _ENCODINGS: dict[str, tuple[np.dtype, int]] = {
-    "mono8": (np.dtype(np.uint8), 1),
-    "8UC1": (np.dtype(np.uint8), 1),
-    "mono16": (np.dtype(np.uint16), 1),
-    "16UC1": (np.dtype(np.uint16), 1),
-    "rgb8": (np.dtype(np.uint8), 3),
-    "bgr8": (np.dtype(np.uint8), 3),
+    "mono8": (_U8, 1),
+    "8UC1": (_U8, 1),
+    "mono16": (_U16, 1),
+    "16UC1": (_U16, 1),
+    "32FC1": (_F32, 1),
+    "rgb8": (_U8, 3),
+    "bgr8": (_U8, 3),
+    "rgba8": (_U8, 4),
+    "bgra8": (_U8, 4),
+    "rgb16": (_U16, 3),
+    "bgr16": (_U16, 3),
+    "rgba16": (_U16, 4),
+    "bgra16": (_U16, 4),
+    "yuv422": (_U8, 2),
+    "yuv422_yuy2": (_U8, 2),
+    "bayer_rggb8": (_U8, 1),
+    "bayer_bggr8": (_U8, 1),
+    "bayer_gbrg8": (_U8, 1),
+    "bayer_grbg8": (_U8, 1),
 }
+#: Every encoding :func:`image_to_numpy` and :func:`numpy_to_image` handle.
+RAW_ENCODINGS = tuple(_ENCODINGS)
 
 _HOST_IS_BIGENDIAN = sys.byteorder == "big"
 
@@ -67,7 +92,7 @@ def encoding_info(encoding: str) -> tuple[np.dtype, int]:
     except (KeyError, TypeError):
         raise ImageMessageError(
             f"unsupported encoding {encoding!r}; supported: "
-            f"{', '.join(THERMAL_ENCODINGS + COLOR_ENCODINGS)}", "encoding"
+            f"{', '.join(RAW_ENCODINGS)}", "encoding"
         ) from None
 
 
@@ -81,7 +106,7 @@ def stamp_to_ns(stamp: Any) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
-def _as_bytes_array(data: Any) -> np.ndarray:
+def as_bytes_array(data: Any) -> np.ndarray:
     """A flat uint8 view of a message's ``data`` without copying where possible."""
     if isinstance(data, np.ndarray):
         if data.dtype == np.uint8 and data.ndim == 1:
@@ -98,12 +123,13 @@ def _as_bytes_array(data: Any) -> np.ndarray:
 def image_to_numpy(msg: Any) -> np.ndarray:
     """View an image message's pixels as a numpy array.
 
-    Returns an ``H x W`` array (single-channel encodings) or ``H x W x 3`` (``rgb8``,
-    ``bgr8``) of uint8 or uint16. Whenever the layout allows, the array is a view on
-    ``msg.data`` (no copy): it is read-only if the buffer is (rosbags), it is not contiguous
-    if rows are padded (``step > width * bytes per pixel``), and it changes with the message.
+    Returns an ``H x W`` array (single-channel encodings) or ``H x W x C`` (C channels of
+    the encoding; 2 for the YUV 4:2:2 encodings) of uint8, uint16 or float32. Whenever the
+    layout allows, the array is a view on ``msg.data`` (no copy): it is read-only if the
+    buffer is (rosbags), it is not contiguous if rows are padded (``step > width * bytes per
+    pixel``), and it changes with the message.
     Copy it (``arr.copy()``) to keep or modify it independently. The only copy made is for
-    16-bit data whose byte order (``is_bigendian``) differs from the host's.
+    multi-byte data whose byte order (``is_bigendian``) differs from the host's.
 
     Raises:
         ImageMessageError: on an unsupported encoding, a zero width or height, a step shorter
@@ -120,7 +146,7 @@ def image_to_numpy(msg: Any) -> np.ndarray:
             f"step {step} is shorter than a row: width {width} x {channels * dtype.itemsize} "
             f"bytes per pixel = {row_bytes} ({msg.encoding})", "step"
         )
-    buf = _as_bytes_array(msg.data)
+    buf = as_bytes_array(msg.data)
     if buf.size < height * step:
         raise ImageMessageError(
             f"data has {buf.size} bytes, shorter than height {height} x step {step} = "
@@ -153,10 +179,10 @@ def numpy_to_image(
     """Fill an image message with the pixels of ``arr``.
 
     Args:
-        arr: ``H x W`` (or ``H x W x 1``) uint8/uint16 for single-channel encodings,
-            ``H x W x 3`` uint8 for ``rgb8``/``bgr8``; any strides. Values are not converted:
+        arr: ``H x W`` (or ``H x W x 1``) for single-channel encodings, ``H x W x C`` for
+            C-channel ones, of the encoding's dtype; any strides. Values are not converted:
             a dtype that does not match the encoding is an error.
-        encoding: one of :data:`THERMAL_ENCODINGS` or :data:`COLOR_ENCODINGS`.
+        encoding: one of :data:`RAW_ENCODINGS`.
         msg: the message to fill (e.g. ``sensor_msgs.msg.Image()``), or None to make one with
             ``factory``.
         factory: makes an empty message when ``msg`` is None, e.g. ``sensor_msgs.msg.Image``.
@@ -164,9 +190,9 @@ def numpy_to_image(
 
     Returns:
         The filled message: ``height``, ``width``, ``encoding``, ``step = width * bytes per
-        pixel`` (no padding), ``is_bigendian = 0`` (16-bit data is written little-endian) and
-        ``data``, a copy of the pixels that never aliases ``arr``. ``data`` keeps the type the
-        message uses: a uint8 ndarray if ``msg.data`` is one (rosbags), bytes if it is
+        pixel`` (no padding), ``is_bigendian = 0`` (multi-byte data is written little-endian)
+        and ``data``, a copy of the pixels that never aliases ``arr``. ``data`` keeps the type
+        the message uses: a uint8 ndarray if ``msg.data`` is one (rosbags), bytes if it is
         bytes/bytearray, else an ``array.array('B')``: rclpy stores that as is or with one
         ``memcpy``, while bytes would be checked byte by byte (about 1000x slower for a VGA
         image with field checks on) and a numpy array would be iterated element by element.

@@ -264,7 +264,7 @@ def test_undecodable_messages_are_warnings(tmp_path: Path, engine: FusionEngine)
             topic = "/thermal/image" if frame.stream == "thermal" else "/rgb/image"
             encoding = "mono8" if frame.stream == "thermal" else "rgb8"
             if frame.stream == "thermal" and frame.t == pytest.approx(0.2):
-                encoding = "yuv422"
+                encoding = "nv12"
                 image = np.zeros((H, W), np.uint8)
                 msg = writer.typestore.types["sensor_msgs/msg/Image"]
                 raw = writer.typestore.serialize_cdr(msg(
@@ -279,7 +279,7 @@ def test_undecodable_messages_are_warnings(tmp_path: Path, engine: FusionEngine)
             writer.write_image(topic, image, encoding, frame.stamp_ns, "cam", frame.log_ns)
     report = evaluate_bag(bag, engine, BagEvalSettings(metrics=("EN",), progress=False))
     assert report["frames"]["decode_errors"] == 1
-    assert any("unsupported encoding 'yuv422'" in w for w in report["warnings"])
+    assert any("unsupported encoding 'nv12'" in w for w in report["warnings"])
     assert report["pairing"]["pairs"] == 4
 
 
@@ -448,3 +448,92 @@ def test_a_crash_mid_evaluation_leaves_no_output_bag(tmp_path: Path, monkeypatch
         evaluate_bag(bag, engine, settings, fresh)
     assert not (fresh / "fused_bag").exists()
     assert [p.name for p in fresh.iterdir() if ".partial-" in p.name] == []
+
+
+# ------------------------------------------------- compressed topics and camera_info
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_compressed_bag_with_camera_info(tmp_path: Path, engine: FusionEngine,
+                                         storage: str) -> None:
+    """16-bit PNG thermal + JPEG colour with camera_info: evaluated like the raw bag (same
+    pairs; thermal bit-exact, so the fused images differ only by the JPEG loss), and the
+    output bag carries the camera_info plus /fused/<task>/camera_info per fused frame."""
+    from cldyn_ros.offline.bags import (
+        COMPRESSED_TYPE,
+        bag_info,
+        decode_camera_info,
+        iter_messages,
+        typestore_for,
+    )
+    from cldyn_ros.streams.camera_info import pinhole_camera_info
+
+    spec = StreamSpec(rgb_rate=10, thermal_rate=20, thermal_bits=16, jitter_ms=1.0)
+    raw_bag, comp_bag = tmp_path / "raw", tmp_path / "comp"
+    write_stream(raw_bag, synthetic_stream(0.6, spec, H, W), storage=storage)
+    write_stream(comp_bag, synthetic_stream(0.6, spec, H, W), storage=storage, compressed=True,
+                 camera_info={"rgb": None, "thermal": None})
+    assert bag_info(comp_bag).topics["/rgb/image/compressed"][0] == COMPRESSED_TYPE
+    settings = BagEvalSettings("/thermal/image/compressed", "/rgb/image/compressed",
+                               tasks=("none", "detection"), metrics=FAST, write_bag=True,
+                               progress=False)
+    report = evaluate_bag(comp_bag, engine, settings, tmp_path / "ev")
+    reference = evaluate_bag(raw_bag, engine, BagEvalSettings(tasks=("none", "detection"),
+                                                               metrics=FAST, progress=False))
+    assert report["pairing"]["pairs"] == reference["pairing"]["pairs"] == 6
+    assert report["frames"]["decode_errors"] == 0 and report["warnings"] == []
+    assert report["camera_info"] == {"topic": "/rgb/camera_info", "received": 6,
+                                     "errors": 0, "written": 12}
+    for task in ("none", "detection"):
+        a = report["summary"][task]["EN"]["mean"]
+        b = reference["summary"][task]["EN"]["mean"]
+        assert abs(a - b) < 0.2 * abs(b)
+    out_bag = Path(report["output_bag"]["path"])
+    topics = bag_info(out_bag).topics
+    for topic in ("/thermal/image/compressed", "/rgb/image/compressed", "/rgb/camera_info",
+                  "/thermal/camera_info"):
+        assert topic in topics  # carried over unchanged
+    assert topics["/fused/detection/camera_info"][1] == 6
+    store = typestore_for("kilted")
+    fused_stamps = sorted(r.stamp_ns for r in read_images(out_bag, ["/fused/none/image"]))
+    infos = [decode_camera_info(raw, store) for *_, raw in
+             iter_messages(out_bag, ["/fused/none/camera_info"])]
+    assert sorted(s for s, _, _ in infos) == fused_stamps
+    assert all(f == "rgb_camera" and c == pinhole_camera_info(H, W) for _, f, c in infos)
+    assert "colour camera_info: `/rgb/camera_info`" in (tmp_path / "ev" / "report.md").read_text()
+
+
+def test_camera_info_topic_errors_and_opt_out(tmp_path: Path, engine: FusionEngine,
+                                              model_file: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    spec = StreamSpec(rgb_rate=10, thermal_rate=10)
+    bag = tmp_path / "b"
+    write_stream(bag, synthetic_stream(0.3, spec, H, W), camera_info={"rgb": None})
+    report = evaluate_bag(bag, engine, BagEvalSettings(metrics=(), progress=False,
+                                                       rgb_camera_info=None))
+    assert report["camera_info"]["topic"] is None
+    err = cli_error(capsys, ["eval", "bag", str(bag), "--model", str(model_file),
+                             "--rgb-camera-info", "/rgb/image", "--no-progress"])
+    assert "camera_info topic '/rgb/image' is of type 'sensor_msgs/msg/Image'" in err
+    err = cli_error(capsys, ["eval", "bag", str(bag), "--model", str(model_file),
+                             "--rgb-camera-info", "/nope", "--no-progress"])
+    assert "camera_info topic '/nope' is not in the bag" in err
+
+
+def test_driver_encodings_in_a_bag(tmp_path: Path, engine: FusionEngine) -> None:
+    """bgra8 colour and 32FC1 temperatures (with NaN) evaluate like rgb8 / counts."""
+    spec = StreamSpec(rgb_rate=10, thermal_rate=10, thermal_bits=16)
+    bag = tmp_path / "drv"
+    with ImageBagWriter(bag, "mcap") as writer:
+        for frame, image in synthetic_stream(0.5, spec, H, W):
+            if frame.stream == "thermal":
+                temps = image.astype(np.float32) / 100.0 - 273.15
+                temps[0, :4] = np.nan
+                writer.write_image("/thermal/image", temps, "32FC1", frame.stamp_ns, "t",
+                                   frame.log_ns)
+            else:
+                bgra = np.concatenate([image[..., ::-1], np.full((H, W, 1), 255, np.uint8)], 2)
+                writer.write_image("/rgb/image", bgra, "bgra8", frame.stamp_ns, "c",
+                                   frame.log_ns)
+    report = evaluate_bag(bag, engine, BagEvalSettings(metrics=FAST, progress=False))
+    assert report["pairing"]["pairs"] == 5 == report["frames"]["fused"]
+    assert report["frames"]["decode_errors"] == 0 and report["warnings"] == []
+    assert all(np.isfinite(r["metrics"]["none"]["EN"]) for r in report["per_pair"])

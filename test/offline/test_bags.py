@@ -439,3 +439,103 @@ def test_ctrl_c_during_bag_from_images_leaves_no_bag(tmp_path: Path) -> None:
     assert "interrupted" in err and "was not written" in err, err
     assert "Traceback" not in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------- compressed images and camera_info
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_compressed_bag_with_camera_info(tmp_path: Path, storage: str) -> None:
+    """16-bit PNG thermal + JPEG colour on <topic>/compressed, CameraInfo beside them."""
+    from cldyn_ros.offline.bags import (
+        CAMERA_INFO_TYPE,
+        COMPRESSED_TYPE,
+        decode_camera_info,
+        typestore_for,
+    )
+    from cldyn_ros.streams.camera_info import pinhole_camera_info
+
+    spec = StreamSpec(rgb_rate=10, thermal_rate=20, thermal_bits=16)
+    counts = write_stream(tmp_path / "bag", synthetic_stream(0.5, spec, H, W), storage=storage,
+                          compressed=True, camera_info={"rgb": None, "thermal": None})
+    info = bag_info(tmp_path / "bag")
+    assert info.topics == {
+        "/thermal/image/compressed": (COMPRESSED_TYPE, 10),
+        "/rgb/image/compressed": (COMPRESSED_TYPE, 5),
+        "/thermal/camera_info": (CAMERA_INFO_TYPE, 10),
+        "/rgb/camera_info": (CAMERA_INFO_TYPE, 5),
+    } and counts["/rgb/camera_info"] == 5
+    gen = SceneGenerator(0, H, W, "night", 16)
+    frames = {(f.stream, f.stamp_ns): f for f in spec.frames(0.5)}
+    records = list(read_images(tmp_path / "bag", ["/thermal/image/compressed",
+                                                  "/rgb/image/compressed"]))
+    assert len(records) == 15
+    for rec in records:
+        stream = "thermal" if rec.topic.startswith("/thermal") else "rgb"
+        pair = gen.render(frames[(stream, rec.stamp_ns)].t)
+        assert rec.msgtype == COMPRESSED_TYPE
+        if stream == "thermal":  # PNG: lossless, 16 bits kept
+            assert rec.encoding == "mono16" and rec.image.dtype == np.uint16
+            np.testing.assert_array_equal(rec.image, pair.ir)
+        else:  # JPEG: lossy; stored BGR ("compressed bgr8"), handed back as rgb8
+            import cv2
+
+            assert rec.encoding == "rgb8"
+            msg = typestore_for("kilted").deserialize_cdr(rec.raw, COMPRESSED_TYPE)
+            assert msg.format == "rgb8; jpeg compressed bgr8"
+            bgr = cv2.imdecode(np.asarray(msg.data), cv2.IMREAD_UNCHANGED)
+            np.testing.assert_array_equal(rec.image, bgr[..., ::-1])
+            assert np.abs(rec.image.astype(int) - pair.vis).mean() < 10
+    store = typestore_for("kilted")
+    infos = [decode_camera_info(raw, store, t) for t, _, _, raw in
+             iter_messages(tmp_path / "bag", ["/rgb/camera_info"])]
+    rgb_stamps = sorted(r.stamp_ns for r in records if r.topic.startswith("/rgb"))
+    assert [s for s, _, _ in infos] == rgb_stamps
+    assert all(f == "rgb_camera" and c == pinhole_camera_info(H, W) for _, f, c in infos)
+
+
+@pytest.mark.ros
+def test_rclpy_deserialises_compressed_and_camera_info(tmp_path: Path) -> None:
+    serialization = pytest.importorskip("rclpy.serialization")
+    sensor_msgs = pytest.importorskip("sensor_msgs.msg")
+    from cldyn_ros.streams.camera_info import CameraInfoData, pinhole_camera_info
+    from cldyn_ros.streams.compressed import decode_compressed
+
+    spec = StreamSpec(rgb_rate=10, thermal_rate=10, thermal_bits=16)
+    write_stream(tmp_path / "bag", synthetic_stream(0.2, spec, H, W), compressed=True,
+                 camera_info={"rgb": None})
+    seen = set()
+    for topic, msgtype, _, raw in iter_messages(tmp_path / "bag"):
+        seen.add(topic)
+        if msgtype.endswith("CameraInfo"):
+            msg = serialization.deserialize_message(bytes(raw), sensor_msgs.CameraInfo)
+            assert CameraInfoData.from_message(msg) == pinhole_camera_info(H, W)
+        else:
+            msg = serialization.deserialize_message(bytes(raw), sensor_msgs.CompressedImage)
+            decoded = decode_compressed(msg)
+            assert decoded.image.shape[:2] == (H, W)
+    assert seen == {"/thermal/image/compressed", "/rgb/image/compressed", "/rgb/camera_info"}
+
+
+def test_cli_from_images_compressed_with_calibration(tmp_path: Path) -> None:
+    from cldyn_ros.offline.bags import typestore_for
+    from cldyn_ros.streams.camera_info import camera_info_from_yaml
+
+    calib = tmp_path / "rgb.yaml"
+    calib.write_text(f"""image_width: {W}
+image_height: {H}
+camera_matrix: {{rows: 3, cols: 3, data: [50, 0, 32, 0, 50, 24, 0, 0, 1]}}
+distortion_model: plumb_bob
+distortion_coefficients: {{rows: 1, cols: 5, data: [0.1, 0, 0, 0, 0]}}
+projection_matrix: {{rows: 3, cols: 4, data: [50, 0, 32, 0, 0, 50, 24, 0, 0, 0, 1, 0]}}
+""")
+    out = tmp_path / "bag"
+    assert main(["bag", "from-images", "--synthetic", "0.2", "--size", str(H), str(W),
+                 "--out", str(out), "--compressed", "--rgb-calibration", str(calib),
+                 "--thermal-bits", "16", "--storage", "sqlite3", "--no-progress"]) == 0
+    topics = bag_info(out).topics
+    assert set(topics) == {"/thermal/image/compressed", "/rgb/image/compressed",
+                           "/thermal/camera_info", "/rgb/camera_info"}
+    from cldyn_ros.offline.bags import decode_camera_info
+
+    store = typestore_for("kilted")
+    raw = next(r for *_, r in iter_messages(out, ["/rgb/camera_info"]))
+    assert decode_camera_info(raw, store)[2] == camera_info_from_yaml(calib)

@@ -1,16 +1,16 @@
 """launch/fusion.launch.py, config/fusion.yaml and the node's declared parameters agree.
 
 launch_ros is not installable on the project's machines, so the launch file is checked
-three ways: statically (ast) and by running its ``launch_setup`` against small stand-ins for
-the launch API (both run everywhere), and with the real launch_ros where it imports.
+three ways: its ROS-free part (the argument tables and ``node_settings``, which turn the
+argument texts into the node's parameters and remappings) by running it, the calls into
+launch/launch_ros statically (ast), and everything with the real launch_ros where it
+imports.
 """
 
 from __future__ import annotations
 
 import ast
 import importlib.util
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -84,74 +84,56 @@ def test_launch_file_uses_only_tabled_arguments_and_the_right_node():
     assert "fusion_node = cldyn_ros.ros.node:main" in setup
 
 
-# ----------------------------------------------------- launch file: run with stand-ins
-class _Recorder:
-    """Stands in for a launch class: records its constructor arguments."""
-
-    def __init__(self, *args, **kwargs):
-        self.args, self.kwargs = args, kwargs
-
-
-def _stub_launch_modules() -> dict[str, types.ModuleType]:
-    class LaunchConfiguration:
-        def __init__(self, name):
-            self.name = name
-
-        def perform(self, context):
-            return context[self.name]
-
-    launch = types.ModuleType("launch")
-    launch.LaunchDescription = type("LaunchDescription", (_Recorder,), {})
-    actions = types.ModuleType("launch.actions")
-    actions.DeclareLaunchArgument = type("DeclareLaunchArgument", (_Recorder,), {})
-    actions.OpaqueFunction = type("OpaqueFunction", (_Recorder,), {})
-    substitutions = types.ModuleType("launch.substitutions")
-    substitutions.LaunchConfiguration = LaunchConfiguration
-    launch_ros = types.ModuleType("launch_ros")
-    ros_actions = types.ModuleType("launch_ros.actions")
-    ros_actions.Node = type("Node", (_Recorder,), {})
-    launch.actions, launch.substitutions, launch_ros.actions = actions, substitutions, ros_actions
-    return {"launch": launch, "launch.actions": actions, "launch.substitutions": substitutions,
-            "launch_ros": launch_ros, "launch_ros.actions": ros_actions}
-
-
-@pytest.fixture
-def stubbed_launch(monkeypatch):
-    for name, module in _stub_launch_modules().items():
-        monkeypatch.setitem(sys.modules, name, module)
+# ------------------------------------- launch file: its own code, without launch installed
+def _launch_module():
+    """The launch file as a module: it imports launch/launch_ros only inside the functions
+    that build launch actions, so the tables and node_settings load anywhere."""
     spec = importlib.util.spec_from_file_location("fusion_launch_under_test", LAUNCH_FILE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def _defaults(description) -> dict[str, str]:
-    return {a.args[0]: a.kwargs["default_value"] for a in description.args[0][:-1]}
+def test_parameter_arguments_are_described_by_the_schema():
+    module = _launch_module()
+    assert module._kind_and_description("task") == (PARAMETER_SPECS["task"].kind,
+                                                    PARAMETER_SPECS["task"].description)
 
 
-def test_launch_setup_builds_the_node(stubbed_launch):
-    description = stubbed_launch.generate_launch_description()
-    described = {a.args[0]: a.kwargs["description"] for a in description.args[0][:-1]}
-    assert described["task"] == PARAMETER_SPECS["task"].description  # from the schema
-    context = _defaults(description)
-    assert set(context) >= REQUIRED_ARGUMENTS
-    assert context["params_file"].endswith("config/fusion.yaml")
-    # Defaults: only the params file and use_sim_time; no remapping.
-    (node,) = stubbed_launch.launch_setup(context)
-    kw = node.kwargs
-    assert (kw["package"], kw["executable"], kw["name"]) == ("cldyn_ros", "fusion_node",
-                                                             NODE_NAME)
-    assert kw["parameters"] == [context["params_file"], {"use_sim_time": False}]
-    assert kw["remappings"] == []
-    # Overrides, converted to the parameter types, and remappings.
-    context.update(
-        task="detection", tasks="detection, segmentation", compensation_strength="0.4",
-        adaptive_strength="true", device="cpu", model_path="/m.pt", use_sim_time="true",
-        thermal_topic="/flir/image", rgb_topic="/cam/color", fused_topic="/out",
-        namespace="robot",
+def _argument_defaults(module) -> dict[str, str]:
+    values = {name: module.ARGUMENT_DEFAULTS.get(name, "") for name in module.PARAMETER_ARGUMENTS}
+    values.update(module.REMAP_ARGUMENTS)  # topic arguments default to the node's topic
+    values.update({name: module.ARGUMENT_DEFAULTS.get(name, "") for name in module.OTHER_ARGUMENTS})
+    return values
+
+
+def test_node_settings_defaults_pass_only_the_params_file():
+    """Nothing but the params file by default: use_sim_time in particular is not passed, so
+    a params file or a global SetParameter that sets it is not overridden."""
+    module = _launch_module()
+    values = _argument_defaults(module)
+    assert values["use_sim_time"] == ""
+    values["params_file"] = "/opt/ros/share/cldyn_ros/config/fusion.yaml"
+    settings = module.node_settings(values)
+    assert settings["parameters"] == ["/opt/ros/share/cldyn_ros/config/fusion.yaml"]
+    assert settings["remappings"] == [] and settings["namespace"] == ""
+    assert settings["log_level"] == "info"
+    values["params_file"] = ""
+    assert module.node_settings(values)["parameters"] == []
+
+
+def test_node_settings_overrides_and_remappings():
+    module = _launch_module()
+    values = _argument_defaults(module)
+    values.update(
+        params_file="/p.yaml", task="detection", tasks="detection, segmentation",
+        compensation_strength="0.4", adaptive_strength="true", device="cpu",
+        model_path="/m.pt", use_sim_time="true", thermal_topic="/flir/image",
+        rgb_topic="/cam/color", fused_topic="/out", namespace="robot",
     )
-    (node,) = stubbed_launch.launch_setup(context)
-    overrides = node.kwargs["parameters"][1]
+    settings = module.node_settings(values)
+    params_file, overrides = settings["parameters"]
+    assert params_file == "/p.yaml"
     assert overrides == {
         "task": "detection", "tasks": ["detection", "segmentation"],
         "compensation_strength": 0.4, "adaptive_strength": True, "device": "cpu",
@@ -160,13 +142,50 @@ def test_launch_setup_builds_the_node(stubbed_launch):
     for name, value in overrides.items():
         if name in PARAMETER_SPECS:
             assert check_value(PARAMETER_SPECS[name], value) is None, name
-    assert sorted(node.kwargs["remappings"]) == sorted([
+    assert sorted(settings["remappings"]) == sorted([
         ("thermal/image", "/flir/image"), ("rgb/image", "/cam/color"), ("fused/image", "/out"),
     ])
-    assert node.kwargs["namespace"] == "robot"
-    context["compensation_strength"] = "strong"
+    assert settings["namespace"] == "robot"
+    values["use_sim_time"] = "false"  # given explicitly: passed explicitly
+    assert module.node_settings(values)["parameters"][1]["use_sim_time"] is False
+    values["compensation_strength"] = "strong"
     with pytest.raises(ValueError, match="not a number"):
-        stubbed_launch.launch_setup(context)
+        module.node_settings(values)
+
+
+def _function(tree: ast.Module, name: str) -> ast.FunctionDef:
+    return next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+
+
+def test_launch_file_uses_launch_ros_as_documented():
+    """The parts that need launch/launch_ros, checked in the source: the default params file
+    is PathJoinSubstitution([FindPackageShare('cldyn_ros'), 'config', 'fusion.yaml']) (the
+    share folder colcon installs config/ into), and the Node gets node_settings' values."""
+    tree = ast.parse(LAUNCH_FILE.read_text())
+    module = _launch_module()
+    imports = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+               for a in n.names}
+    assert {("launch_ros.substitutions", "FindPackageShare"),
+            ("launch.substitutions", "PathJoinSubstitution"),
+            ("launch_ros.actions", "Node"), ("launch.actions", "DeclareLaunchArgument"),
+            ("launch.actions", "OpaqueFunction"),
+            ("launch.substitutions", "LaunchConfiguration")} <= imports
+    assert not [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))
+                and "launch" in ast.unparse(n)], "launch imported at module level"
+    generate = _function(tree, "generate_launch_description")
+    joins = [n for n in ast.walk(generate) if isinstance(n, ast.Call)
+             and getattr(n.func, "id", "") == "PathJoinSubstitution"]
+    assert len(joins) == 1
+    assert ast.unparse(joins[0].args[0]) == "[FindPackageShare(PACKAGE), *PARAMS_FILE]"
+    assert "/".join(module.PARAMS_FILE) == "config/fusion.yaml" and CONFIG_FILE.is_file()
+    assert '(f"{SHARE}/config", _files("config/*.yaml"))' in (REPO / "setup.py").read_text()
+    node = next(n for n in ast.walk(_function(tree, "launch_setup")) if isinstance(n, ast.Call)
+                and getattr(n.func, "id", "") == "Node")
+    kw = {k.arg: ast.unparse(k.value) for k in node.keywords}
+    assert kw["package"] == "PACKAGE" and kw["executable"] == "EXECUTABLE"
+    assert kw["name"] == "NODE_NAME"
+    for key in ("parameters", "remappings", "namespace"):
+        assert kw[key] == f"settings[{key!r}]"
 
 
 # --------------------------------------------------------------------------- config

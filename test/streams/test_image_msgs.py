@@ -155,8 +155,8 @@ def test_channel_order_is_kept():
 @pytest.mark.parametrize(
     ("changes", "reason"),
     [
-        ({"encoding": "rgba8"}, "unsupported encoding 'rgba8'"),
-        ({"encoding": "32FC1"}, "unsupported encoding"),
+        ({"encoding": "nv12"}, "unsupported encoding 'nv12'"),
+        ({"encoding": "16SC1"}, "unsupported encoding"),
         ({"encoding": ""}, "unsupported encoding"),
         ({"height": 0}, "zero size"),
         ({"width": 0}, "zero size"),
@@ -194,7 +194,8 @@ def test_image_message_error_is_a_value_error():
         (np.zeros((4, 4, 3), np.uint8), "mono8", "needs an H x W array"),
         (np.zeros(16, np.uint8), "mono8", "needs an H x W array"),
         (np.zeros((0, 4), np.uint8), "mono8", "zero size"),
-        (np.zeros((4, 4), np.uint8), "yuv422", "unsupported encoding"),
+        (np.zeros((4, 4), np.uint8), "yuv422", "needs an H x W x 2 array"),
+        (np.zeros((4, 4), np.uint8), "nv12", "unsupported encoding"),
     ],
 )
 def test_numpy_to_image_errors(arr, encoding, reason):
@@ -241,8 +242,10 @@ def test_numpy_to_image_keeps_bytes_and_ndarray_data_types():
 def test_encoding_info():
     assert encoding_info("mono16") == (np.dtype(np.uint16), 1)
     assert encoding_info("bgr8") == (np.dtype(np.uint8), 3)
-    with pytest.raises(ImageMessageError, match="supported: mono8"):
-        encoding_info("rgb16")
+    assert encoding_info("32FC1") == (np.dtype(np.float32), 1)
+    assert encoding_info("yuv422") == (np.dtype(np.uint8), 2)
+    with pytest.raises(ImageMessageError, match="unsupported encoding 'rgb32'.*supported: mono8"):
+        encoding_info("rgb32")
 
 
 def test_stamp_to_ns():

@@ -50,7 +50,7 @@ def test_counts_are_exact_across_threads():
 
 
 @pytest.mark.parametrize(("msg", "kind"), [
-    (_Msg(encoding="32FC1"), "encoding"),
+    (_Msg(encoding="nv21"), "encoding"),
     (_Msg(height=0), "zero_size"),
     (_Msg(step=2), "step"),
     (_Msg(data=bytes(5)), "short_data"),
