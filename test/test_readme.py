@@ -103,6 +103,8 @@ def concrete(command: str, workdir: Path) -> list[str]:
             arg = DEFAULT_TOPICS[arg]
         elif previous == "--task" and arg == "NAME":
             arg = "none"
+        elif arg.startswith("models/"):  # the checkout's shipped files
+            arg = str(REPO_ROOT / arg)
         elif arg == "model.pt" and previous.startswith("model_path"):
             arg = str(REPO_ROOT / "models" / "cldyn_default.pt")
         elif arg.startswith("model_path:=") and arg.endswith("model.pt"):

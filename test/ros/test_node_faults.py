@@ -84,7 +84,7 @@ def test_every_bad_checkpoint_is_a_one_line_reason_at_start(ros, model_path, tmp
     cases = {
         str(tmp_path / "missing.pt"): "file not found",
         str(cut): "truncated or corrupt",
-        str(state_dict): "not a cldyn_ros.inference.checkpoint file",
+        str(state_dict): "not a cldyn_ros.checkpoint file",
         _variant(model_path, tmp_path, "future.pt", format_version=FORMAT_VERSION + 1):
             "newer than supported",
         _variant(model_path, tmp_path, "old.pt", format_version=0): "invalid format version",
@@ -142,7 +142,7 @@ def test_out_of_memory_inside_the_engine_is_an_error_and_the_next_frame_is_fused
     assert "fusion failed on cpu" in status.message and "\n" not in status.message
     after = h.fuse(thermal, colour)
     assert bytes(after.data) == bytes(before.data)
-    assert raised and node._fusion_errors == 1 and node.worker.errors == 0
+    assert raised and node.pipeline.fusion_errors == 1 and node.worker.errors == 0
     assert node.engine.last_device_error.startswith("RuntimeError: CUDA out of memory")
 
 
