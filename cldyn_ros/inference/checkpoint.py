@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..model import CLDyN, CLDyNConfig
 
-FORMAT = "cldyn_ros.inference.checkpoint"
+FORMAT = "cldyn_ros.checkpoint"  # the file format name, not the module path: shipped files carry it
 FORMAT_VERSION = 1
 #: Reserved task name: plain VFN fusion, no compensation.
 NO_TASK = "none"
