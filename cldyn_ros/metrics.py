@@ -30,7 +30,12 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F  # noqa: N812  (torch convention)
 from torch import Tensor
-from torchmetrics.functional.image import (
+
+from .tv_compat import ensure_torchvision_ops
+
+ensure_torchvision_ops()  # torchmetrics imports torchvision where it is installed
+
+from torchmetrics.functional.image import (  # noqa: E402
     structural_similarity_index_measure,
     visual_information_fidelity,
 )
