@@ -13,6 +13,9 @@ each reader also accepts a few common renamings):
   :func:`read_fmb`.
 - VT5000 salient objects (``<root>/<Train|Test>/{T,RGB,GT}``, 0/255 masks),
   :func:`read_vt5000`.
+- MSRS with human-drawn boxes (``<root>/{ir,vi}``, ``<root>/labels/<annotation>/`` YOLO txt
+  for the annotation drawn on the infrared, visible or fused image, optional object masks
+  in ``<root>/masks*``), :func:`read_msrs_boxes`.
 
 Self-supervised tasks on unlabelled pairs, with labels derived from the images themselves
 (:func:`self_supervised`):
@@ -48,6 +51,7 @@ __all__ = [
     "TaskData",
     "read_fmb",
     "read_m3fd",
+    "read_msrs_boxes",
     "read_pairs",
     "read_vt5000",
     "self_supervised",
@@ -59,12 +63,14 @@ __all__ = [
 
 @dataclass
 class Item:
-    """One labelled pair: files and the label (a mask file, a box array or ``None``)."""
+    """One labelled pair: files and the label (a mask file, a box array or ``None``);
+    ``mask`` is an extra object-mask file where a box layout also has masks."""
 
     name: str
     ir: Path
     vis: Path
     label: Any = None
+    mask: Path | None = None
 
 
 @dataclass
@@ -298,6 +304,36 @@ def read_m3fd(root: str | Path, split: str | Path | None = None, preload: bool =
              for s, a, b, c in _matched(ir, vi, lb, (".txt",), _names_from(split))]
     return TaskData("m3fd", items, kind="boxes", preload=preload,
                     source={"layout": "m3fd-yolo", "root": str(root)})
+
+
+MSRS_ANNOTATIONS = ("fusion", "infrared", "visible")
+
+
+def read_msrs_boxes(root: str | Path, annotation: str = "fusion", masks: bool = False,
+                    preload: bool = False) -> TaskData:
+    """MSRS pairs with YOLO txt boxes (classes 0 person, 1 bicycle, 2 car):
+    ``<root>/{ir,vi}``, ``<root>/labels/<annotation>/<stem>.txt`` (``annotation``: the set
+    drawn on the ``fusion``, ``infrared`` or ``visible`` image). With ``masks``, each item's
+    ``mask`` is its binary object mask from the first ``<root>/masks*`` folder (0/255 PNG),
+    where one exists for the pair."""
+    if annotation not in MSRS_ANNOTATIONS:
+        raise ValueError(f"annotation must be one of {MSRS_ANNOTATIONS}, got '{annotation}'")
+    root = Path(root)
+    ir = _subdir(root, ("ir", "infrared"), "infrared")
+    vi = _subdir(root, ("vi", "vis", "visible"), "visible")
+    lb = _subdir(_subdir(root, ("labels",), "labels"), (annotation,), f"'{annotation}' labels")
+    mask_files: dict[str, Path] = {}
+    if masks:
+        folders = sorted(p for p in root.iterdir() if p.is_dir()
+                         and p.name.lower().startswith("mask"))
+        if not folders:
+            raise ValueError(f"{str(root)!r} has no masks* folder")
+        mask_files = _by_stem(folders[0], (".png",))
+    items = [Item(s, a, b, _read_yolo_txt(c), mask_files.get(s))
+             for s, a, b, c in _matched(ir, vi, lb, (".txt",), None)]
+    return TaskData("msrs_boxes", items, kind="boxes", preload=preload,
+                    source={"layout": "msrs-boxes", "root": str(root),
+                            "annotation": annotation})
 
 
 def read_fmb(root: str | Path, split: str = "train", preload: bool = False) -> TaskData:
