@@ -159,6 +159,8 @@ def _register_rsc(stages: argparse._SubParsersAction) -> None:
         ("clip", float, "gradient-norm clipping (default 1.0)"),
         ("eval-every", int, "steps between validations / best-checkpoint checks (default 100)"),
         ("checkpoint-every", int, "steps between training-state saves (default 50)"),
+        ("fidelity-weight", float, "weight of the fidelity term: the VFN's own fusion loss "
+         "on the compensated output (default 0 = off)"),
         ("vector-batches", int, "training batches per task averaged into the deployment "
          "vector (default 16)"),
         ("seed", int, "random seed (default 0)"),

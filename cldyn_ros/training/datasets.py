@@ -51,9 +51,11 @@ __all__ = [
     "TaskData",
     "read_fmb",
     "read_m3fd",
+    "read_mask_folder",
     "read_msrs_boxes",
     "read_pairs",
     "read_vt5000",
+    "read_yolo_folder",
     "self_supervised",
     "split_items",
     "visible_edges_label",
@@ -87,6 +89,8 @@ class TaskData:
         preload: keep decoded images in memory (small sets).
         mask_scale: divide mask files by this (255 for 0/255 saliency masks, 1 for indices).
         source: description for metadata (root folder, layout).
+        frame_size: boxes only: ``(H, W)`` the frames are resized to (default: square
+            frames of the ``crop`` size passed to :meth:`batch`).
     """
 
     name: str
@@ -96,6 +100,7 @@ class TaskData:
     preload: bool = True
     mask_scale: float = 1.0
     source: dict[str, Any] = field(default_factory=dict)
+    frame_size: tuple[int, int] | None = None
     _cache: dict[int, tuple[Tensor, Tensor, Any]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -153,7 +158,7 @@ class TaskData:
             ir, rgb, label = self.load(i)
             flip = bool(torch.rand(1, generator=generator) < 0.5)
             if self.kind == "boxes":
-                samples.append(_resize_boxes(ir, rgb, label, crop, flip))
+                samples.append(_resize_boxes(ir, rgb, label, self.frame_size or crop, flip))
             else:
                 samples.append(_crop_mask(ir, rgb, label, crop, generator, flip))
         return self._collate(samples)
@@ -166,7 +171,8 @@ class TaskData:
         for i in range(len(self.items)) if indices is None else indices:
             ir, rgb, label = self.load(i)
             if self.kind == "boxes":
-                out.append(self._collate([_resize_boxes(ir, rgb, label, crop, False)]))
+                out.append(self._collate([_resize_boxes(ir, rgb, label,
+                                                        self.frame_size or crop, False)]))
                 continue
             h, w = ir.shape[-2:]
             ch, cw = min(crop, h), min(crop, w)
@@ -214,11 +220,13 @@ def _crop_mask(ir: Tensor, rgb: Tensor, label: Tensor, crop: int, generator: tor
     return ir, rgb, label
 
 
-def _resize_boxes(ir: Tensor, rgb: Tensor, boxes: Tensor, size: int, flip: bool
-                  ) -> tuple[Tensor, Tensor, Tensor]:
-    """Resize the whole frame to ``size x size`` (normalised boxes are unchanged)."""
-    ir = F.interpolate(ir[None], size=(size, size), mode="bilinear", align_corners=False)[0]
-    rgb = F.interpolate(rgb[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+def _resize_boxes(ir: Tensor, rgb: Tensor, boxes: Tensor, size: int | Sequence[int],
+                  flip: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Resize the whole frame to ``size x size`` or ``(H, W)`` (normalised boxes are
+    unchanged)."""
+    hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    ir = F.interpolate(ir[None], size=hw, mode="bilinear", align_corners=False)[0]
+    rgb = F.interpolate(rgb[None], size=hw, mode="bilinear", align_corners=False)[0]
     boxes = boxes.clone()
     if flip:
         ir, rgb = ir.flip(-1), rgb.flip(-1)
@@ -304,6 +312,35 @@ def read_m3fd(root: str | Path, split: str | Path | None = None, preload: bool =
              for s, a, b, c in _matched(ir, vi, lb, (".txt",), _names_from(split))]
     return TaskData("m3fd", items, kind="boxes", preload=preload,
                     source={"layout": "m3fd-yolo", "root": str(root)})
+
+
+def read_yolo_folder(ir: str | Path, vi: str | Path, labels: str | Path,
+                     names: str | Path | None = None, size: Sequence[int] | None = None,
+                     preload: bool = False) -> TaskData:
+    """Pairs from two folders with YOLO txt boxes in a third (``<labels>/<stem>.txt``), e.g.
+    the rule labels written by ``cldyn train task``; ``names``: optional text file of pair
+    names to keep; ``size``: ``(H, W)`` the frames are resized to."""
+    items = [Item(s, a, b, _read_yolo_txt(c))
+             for s, a, b, c in _matched(Path(ir), Path(vi), Path(labels), (".txt",),
+                                        _names_from(names))]
+    return TaskData("yolo", items, kind="boxes", preload=preload,
+                    frame_size=(int(size[0]), int(size[1])) if size else None,
+                    source={"layout": "yolo", "ir": str(ir), "vi": str(vi),
+                            "labels": str(labels), "names": str(names) if names else None})
+
+
+def read_mask_folder(ir: str | Path, vi: str | Path, masks: str | Path,
+                     names: str | Path | None = None, mask_scale: float = 1.0,
+                     preload: bool = False) -> TaskData:
+    """Pairs from two folders with PNG masks in a third (``<masks>/<stem>.png``: class
+    indices, or 0/255 with ``mask_scale`` 255); ``names``: optional text file of pair names
+    to keep."""
+    items = [Item(s, a, b, c)
+             for s, a, b, c in _matched(Path(ir), Path(vi), Path(masks), (".png",),
+                                        _names_from(names))]
+    return TaskData("masks", items, kind="mask", preload=preload, mask_scale=float(mask_scale),
+                    source={"layout": "masks", "ir": str(ir), "vi": str(vi),
+                            "masks": str(masks), "names": str(names) if names else None})
 
 
 MSRS_ANNOTATIONS = ("fusion", "infrared", "visible")
