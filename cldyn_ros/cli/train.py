@@ -260,7 +260,7 @@ def run_task(args: argparse.Namespace) -> int:
     for key in ("out", "steps", "max_minutes", "threads"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
-    missing = [k for k in ("task", "out", "ir_dir", "vi_dir") if not values.get(k)]
+    missing = [k for k in ("task", "out") if not values.get(k)]
     if missing:
         raise ValueError(f"{args.config}: missing {', '.join(missing)}")
     try:

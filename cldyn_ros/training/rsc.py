@@ -573,8 +573,11 @@ def network_from_spec(name: str, spec: Mapping[str, Any], base: Path) -> TaskNet
 def data_from_spec(spec: Mapping[str, Any], base: Path) -> TaskData:
     """A dataset from its configuration entry (``layout: m3fd|fmb|vt5000|msrs|yolo|masks|
     self-supervised``)."""
-    spec = {k: _resolve(base, v) for k, v in dict(spec).items()}
-    layout = spec.pop("layout")
+    spec = dict(spec)
+    layout = spec.pop("layout")  # a name, never a path (a folder of that name may exist)
+    names_only = {k: spec.pop(k) for k in ("labels", "split") if k in spec
+                  and layout in ("self-supervised", "fmb", "vt5000")}
+    spec = {**{k: _resolve(base, v) for k, v in spec.items()}, **names_only}
     size = spec.pop("size", None) if layout in ("m3fd", "msrs") else None
     if layout in ("m3fd", "msrs"):
         data = read_m3fd(**spec) if layout == "m3fd" else read_msrs_boxes(**spec)

@@ -393,7 +393,10 @@ def from_task_file(name: str, weights: str | Path, feature_layer: str | None = N
     if task == "detection":
         return _yolo_task_network(name, module, feature_layer, description)
     if task == "segmentation":
-        if feature_layer is None:
+        if feature_layer is None and hasattr(module, "model"):  # SegFormer: the last stage
+            stages = module.model.segformer.stages
+            feature_layer = f"model.segformer.stages.{len(stages) - 1}"
+        elif feature_layer is None:
             names = [n for n, _ in module.backbone.named_children()]
             feature_layer = "backbone.layer4" if "layer4" in names else f"backbone.{names[-1]}"
         loss: str = "cross_entropy"

@@ -12,13 +12,16 @@ initial weights (nothing is downloaded), on images fused by a given fusion model
 - ``saliency``: U2NETP (:mod:`.sod`), BCE + IoU loss with deep supervision, on random
   crops.
 
-Fused images and labels are computed once and cached under ``cache`` (``fused/*.png``,
-``boxes/*.txt``, ``seg/*.png``, ``sal/*.png``, ``train.txt``, ``val.txt``); the pairs of
-``exclude`` (a test split) are never read. Training is resumable: the state is saved
-every ``checkpoint_minutes`` to ``<out>.state.pt`` and re-running the same command
-continues; ``<out>.train.csv`` logs the training and validation losses; the final weights
-(the best validation step) go to ``<out>`` with the metadata the adapters of
-``cldyn train rsc`` need.
+Labels come from the rules (pairs from ``ir_dir`` / ``vi_dir``, the default) or, for
+labelled data, from a published layout (``data`` / ``val``: the entries of
+``cldyn train rsc``'s tasks files, e.g. ``{layout: m3fd, root: ..., split: train.txt}``,
+``fmb``, ``vt5000``, ``msrs``, ``yolo``, ``masks``). Fused images and labels are computed once
+and cached under ``cache`` (``fused/*.png``, ``boxes/*.txt``, ``seg/*.png``, ``sal/*.png``,
+``train.txt``, ``val.txt``); the pairs of ``exclude`` (a test split) are never read.
+Training is resumable: the state is saved every ``checkpoint_minutes`` to
+``<out>.state.pt`` and re-running the same command continues; ``<out>.train.csv`` logs the
+training and validation losses; the final weights (the best validation step) go to
+``<out>`` with the metadata the adapters of ``cldyn train rsc`` need.
 """
 
 from __future__ import annotations
@@ -64,8 +67,10 @@ class TaskTrainConfig:
 
     task: str
     out: str
-    ir_dir: str
-    vi_dir: str
+    ir_dir: str | None = None  # unlabelled pairs with rule labels ...
+    vi_dir: str | None = None
+    data: dict[str, Any] | None = None  # ... or a labelled dataset (a tasks-file entry)
+    val: dict[str, Any] | None = None  # its validation data (default: val_fraction of data)
     fusion_model: str = "models/cldyn_default.pt"
     exclude: str | None = None  # pair names never read (a test split)
     cache: str = "runs/tasks/cache"
@@ -93,6 +98,9 @@ class TaskTrainConfig:
         self.scale_range = (float(self.scale_range[0]), float(self.scale_range[1]))
         if self.task == "detection" and (self.size[0] % 32 or self.size[1] % 32):
             raise ValueError(f"detection size must be multiples of 32, got {self.size}")
+        if (self.data is None) == (self.ir_dir is None or self.vi_dir is None):
+            raise ValueError("give either ir_dir and vi_dir (rule labels) or data "
+                             "(a labelled dataset), not both")
 
 
 # ---------------------------------------------------------------------------------------
@@ -121,42 +129,91 @@ def fuse_rgb(model: nn.Module, ir: np.ndarray, rgb: np.ndarray) -> np.ndarray:
     return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
 
 
+def _write_cached(cache: Path, name: str, fused: np.ndarray, boxes: np.ndarray | None,
+                  seg: np.ndarray | None, sal: np.ndarray | None) -> None:
+    cv2.imwrite(str(cache / "fused" / f"{name}.png"), fused[..., ::-1])
+    if boxes is not None:
+        (cache / "boxes" / f"{name}.txt").write_text(
+            "".join(f"{int(r[0])} {r[1]:.6f} {r[2]:.6f} {r[3]:.6f} {r[4]:.6f}\n" for r in boxes))
+    if seg is not None:
+        cv2.imwrite(str(cache / "seg" / f"{name}.png"), seg.astype(np.uint8))
+    if sal is not None:
+        cv2.imwrite(str(cache / "sal" / f"{name}.png"), (sal > 0).astype(np.uint8) * 255)
+    (cache / "done" / name).touch()  # written last: the pair is complete
+
+
 def build_cache(config: TaskTrainConfig, rules: LabelRules | None = None,
                 progress: bool = True) -> Path:
-    """Fuse every training pair once and write its rule labels (skips what exists)."""
+    """Fuse every training pair once and write its labels (skips what exists)."""
     rules = rules or LabelRules()
     cache = Path(config.cache)
-    for sub in ("fused", "boxes", "seg", "sal"):
+    for sub in ("fused", "boxes", "seg", "sal", "done"):
         (cache / sub).mkdir(parents=True, exist_ok=True)
     exclude = set(Path(config.exclude).read_text().split()) if config.exclude else set()
     exclude = {Path(n).stem for n in exclude}
-    items = read_pairs(config.ir_dir, config.vi_dir, exclude=exclude)
-    train, val = split_items(items, config.val_fraction, seed=0)
+    meta = {"fusion_model": str(config.fusion_model), "exclude": config.exclude}
+    if config.data is None:
+        items = read_pairs(config.ir_dir, config.vi_dir, exclude=exclude)
+        train, val = split_items(items, config.val_fraction, seed=0)
+        meta.update({"ir_dir": config.ir_dir, "vi_dir": config.vi_dir,
+                     "rules": asdict(rules)})
+        datasets = None
+    else:
+        from .rsc import data_from_spec  # noqa: PLC0415
+
+        base = Path(".")
+        data = data_from_spec(config.data, base)
+        data.items = [it for it in data.items if it.name not in exclude]
+        if config.val:
+            val_data = data_from_spec(config.val, base)
+            val_data.items = [it for it in val_data.items if it.name not in exclude]
+            train, val = list(data.items), list(val_data.items)
+        else:
+            val_data = data
+            train, val = split_items(data.items, config.val_fraction, seed=0)
+        clash = {it.name for it in train} & {it.name for it in val}
+        if clash and config.val:
+            raise ValueError(f"training and validation data share pairs: {sorted(clash)[:5]}")
+        items = train + val
+        datasets = {}
+        for source in (data, val_data):
+            for index, it in enumerate(source.items):
+                datasets.setdefault(id(it), (source, index))
+        meta.update({"data": config.data, "val": config.val})
+    meta.update({"train": len(train), "val": len(val)})
     meta_path = cache / "meta.json"
-    meta = {"fusion_model": str(config.fusion_model), "ir_dir": config.ir_dir,
-            "vi_dir": config.vi_dir, "exclude": config.exclude, "rules": asdict(rules),
-            "train": len(train), "val": len(val)}
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
-        if {k: old.get(k) for k in meta} != meta:
+        if {k: old.get(k) for k in meta} != json.loads(json.dumps(meta)):
             raise ValueError(f"{cache} was built with other settings ({meta_path}); use "
                              "another cache folder or delete it")
     (cache / "train.txt").write_text("".join(it.name + "\n" for it in train))
     (cache / "val.txt").write_text("".join(it.name + "\n" for it in val))
-    todo = [it for it in items if not (cache / "sal" / f"{it.name}.png").exists()]
+    def done(name: str) -> bool:
+        # rule-label caches written before the done/ markers: the saliency mask came last
+        return (cache / "done" / name).exists() or (
+            datasets is None and (cache / "sal" / f"{name}.png").exists())
+
+    todo = [it for it in items if not done(it.name)]
     if todo:
         model = load_checkpoint(config.fusion_model).model.eval()
         for it in tqdm(todo, desc="fuse + label", disable=not progress, unit="pair"):
-            ir, rgb = _read_pair(it.ir, it.vis)
+            if datasets is None:
+                ir, rgb = _read_pair(it.ir, it.vis)
+                _write_cached(cache, it.name, fuse_rgb(model, ir, rgb),
+                              detection_boxes(ir, rgb, rules), segmentation_mask(ir, rgb, rules),
+                              saliency_mask(ir, rgb, rules))
+                continue
+            source, index = datasets[id(it)]
+            ir_t, rgb_t, label = source.load(index)
+            ir, rgb = ir_t[0].numpy(), rgb_t.permute(1, 2, 0).numpy()
             fused = fuse_rgb(model, ir, rgb)
-            cv2.imwrite(str(cache / "fused" / f"{it.name}.png"), fused[..., ::-1])
-            boxes = detection_boxes(ir, rgb, rules)
-            (cache / "boxes" / f"{it.name}.txt").write_text(
-                "".join(f"{int(r[0])} {r[1]:.6f} {r[2]:.6f} {r[3]:.6f} {r[4]:.6f}\n"
-                        for r in boxes))
-            cv2.imwrite(str(cache / "seg" / f"{it.name}.png"), segmentation_mask(ir, rgb, rules))
-            cv2.imwrite(str(cache / "sal" / f"{it.name}.png"),
-                        saliency_mask(ir, rgb, rules) * 255)
+            if source.kind == "boxes":
+                _write_cached(cache, it.name, fused, label.numpy(), None, None)
+            elif config.task == "saliency":
+                _write_cached(cache, it.name, fused, None, None, label[0].numpy())
+            else:
+                _write_cached(cache, it.name, fused, None, label[0].numpy(), None)
     meta_path.write_text(json.dumps(meta, indent=1))
     return cache
 
@@ -254,6 +311,8 @@ def build_network(task: str, spec: dict[str, Any]) -> nn.Module:
         model = DetectionModel(spec["arch"], nc=int(spec["num_classes"]), verbose=False)
         model.args = get_cfg(DEFAULT_CFG)  # the detection loss reads its gains from here
         return model
+    if task == "segmentation" and spec["arch"].startswith("segformer"):
+        return SegFormer(spec["arch"], int(spec["num_classes"]))
     if task == "segmentation":
         segmentation = import_torchvision().models.segmentation
         builder = getattr(segmentation, spec["arch"], None)
@@ -266,6 +325,39 @@ def build_network(task: str, spec: dict[str, Any]) -> nn.Module:
     if spec["arch"] != "u2netp":
         raise ValueError(f"unknown saliency network '{spec['arch']}' (use u2netp)")
     return U2NetP(input_scale=float(spec.get("input_scale", 1.0)))
+
+
+#: SegFormer encoders (MiT) by name: hidden sizes, depths, decoder width.
+SEGFORMER_VARIANTS = {
+    "segformer_b0": ([32, 64, 160, 256], [2, 2, 2, 2], 256),
+    "segformer_b1": ([64, 128, 320, 512], [2, 2, 2, 2], 256),
+    "segformer_b2": ([64, 128, 320, 512], [3, 4, 6, 3], 768),
+}
+
+
+class SegFormer(nn.Module):
+    """A transformers SegFormer (random initial weights, built from its config) behind the
+    torchvision interface: ``(B, 3, H, W) -> {"out": (B, K, H, W)}`` logits (SegFormer's
+    1/4-resolution logits upsampled bilinearly). Feature layers: ``model.segformer.stages.i``.
+    """
+
+    def __init__(self, arch: str = "segformer_b0", num_classes: int = 3) -> None:
+        super().__init__()
+        from ..tv_compat import import_transformers  # noqa: PLC0415
+
+        if arch not in SEGFORMER_VARIANTS:
+            raise ValueError(f"unknown SegFormer '{arch}'; choose from "
+                             f"{sorted(SEGFORMER_VARIANTS)}")
+        transformers = import_transformers()
+        hidden, depths, decoder = SEGFORMER_VARIANTS[arch]
+        config = transformers.SegformerConfig(num_labels=num_classes, hidden_sizes=hidden,
+                                              depths=depths, decoder_hidden_size=decoder)
+        self.model = transformers.SegformerForSemanticSegmentation(config)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        logits = self.model(pixel_values=x).logits
+        return {"out": F.interpolate(logits, size=x.shape[-2:], mode="bilinear",
+                                     align_corners=False)}
 
 
 def _normalise(x: Tensor) -> Tensor:
