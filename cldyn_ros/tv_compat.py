@@ -94,7 +94,7 @@ def _torchvision_library_loads() -> bool:
         return False
     try:
         torch.ops.load_library(str(candidates[0]))
-    except OSError:  # needs CUDA libraries this torch does not have
+    except (OSError, RuntimeError):  # needs CUDA libraries this torch does not have
         return False
     return True
 
