@@ -51,7 +51,16 @@ from .datasets import read_pairs, split_items
 from .labels import LabelRules, detection_boxes, saliency_mask, segmentation_mask
 from .task_networks import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["TASKS", "TaskTrainConfig", "build_cache", "build_network", "train_task"]
+__all__ = [
+    "TASKS",
+    "TaskTrainConfig",
+    "build_cache",
+    "build_network",
+    "export_task_network",
+    "load_task_network",
+    "save_task_network",
+    "train_task",
+]
 
 TASKS = ("detection", "segmentation", "saliency")
 DEFAULT_NETWORKS: dict[str, dict[str, Any]] = {
@@ -521,15 +530,30 @@ def train_task(config: TaskTrainConfig, progress: bool = True) -> dict[str, Any]
 
 
 def save_task_network(path: str | Path, task: str, network: dict[str, Any],
-                      state_dict: dict[str, Tensor], metadata: dict[str, Any]) -> None:
+                      state_dict: dict[str, Tensor], metadata: dict[str, Any],
+                      half: bool = False) -> None:
     """Weights file of a trained task network: ``{"task", "network", "state_dict",
-    "metadata"}`` (tensors and plain data only: loads with ``weights_only=True``)."""
+    "metadata"}`` (tensors and plain data only: loads with ``weights_only=True``).
+    ``half`` stores floating-point tensors as float16 (half the size; they load back into
+    the float32 network)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
+    state = {k: v.detach().cpu() for k, v in state_dict.items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     torch.save({"format": "cldyn_ros task network", "task": task, "network": dict(network),
-                "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+                "state_dict": state,
                 "metadata": json.loads(json.dumps(metadata, default=str))}, tmp)
     tmp.replace(path)
+
+
+def export_task_network(src: str | Path, dst: str | Path, half: bool = True) -> None:
+    """Copy a task-network file (e.g. for ``models/``), in float16 by default."""
+    data = torch.load(src, map_location="cpu", weights_only=True)
+    if not isinstance(data, dict) or data.get("format") != "cldyn_ros task network":
+        raise ValueError(f"{src} is not a cldyn_ros task-network file")
+    save_task_network(dst, data["task"], data["network"], data["state_dict"],
+                      data.get("metadata", {}), half=half)
 
 
 def load_task_network(path: str | Path) -> tuple[str, dict[str, Any], nn.Module, dict]:
@@ -538,7 +562,7 @@ def load_task_network(path: str | Path) -> tuple[str, dict[str, Any], nn.Module,
     if not isinstance(data, dict) or data.get("format") != "cldyn_ros task network":
         raise ValueError(f"{path} is not a cldyn_ros task-network file")
     model = build_network(data["task"], data["network"])
-    model.load_state_dict(data["state_dict"])
+    model.load_state_dict(data["state_dict"])  # float16 files load into float32 weights
     return data["task"], data["network"], model.eval(), data.get("metadata", {})
 
 

@@ -19,6 +19,7 @@ from cldyn_ros.training.task_train import (
     TaskTrainConfig,
     build_cache,
     detection_batch,
+    export_task_network,
     load_task_network,
     mask_batch,
 )
@@ -111,6 +112,14 @@ def test_train_resume_and_load(setup, task: str) -> None:
     assert state["step"] == 3 and len(state["history"]) == 3
     loaded_task, spec, model, meta = load_task_network(out)
     assert loaded_task == task and meta["steps"] == 3 and not model.training
+    half = out.with_name(f"{task}_fp16.pt")
+    export_task_network(out, half)
+    assert half.stat().st_size < 0.6 * out.stat().st_size
+    _, _, model16, _ = load_task_network(half)
+    for (k, a), b in zip(model.state_dict().items(), model16.state_dict().values(), strict=True):
+        assert a.dtype == b.dtype, k
+        if a.is_floating_point():
+            torch.testing.assert_close(a, b, atol=2e-3 * (1 + float(a.abs().max())), rtol=1e-2)
     assert (out.with_name(f"{task}.train.csv")).read_text().count("\n") == 4
 
 
