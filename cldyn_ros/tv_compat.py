@@ -32,6 +32,7 @@ from torch import Tensor
 __all__ = [
     "ensure_torchvision_ops",
     "import_torchvision",
+    "import_optional",
     "import_transformers",
     "import_ultralytics",
     "nms",
@@ -172,3 +173,14 @@ def import_ultralytics() -> ModuleType:
 def import_transformers() -> ModuleType:
     """``transformers`` in offline mode."""
     return _import("transformers", "transformers")
+
+
+def import_optional(name: str) -> ModuleType:
+    """A module of one of the optional packages (e.g. ``ultralytics.nn.tasks``), imported
+    the safe way (offline, torchvision's operators defined first)."""
+    package = name.partition(".")[0]
+    if package not in ("torchvision", "ultralytics", "transformers"):
+        raise ValueError(f"'{name}' is not a module of the optional task-network packages")
+    {"torchvision": import_torchvision, "ultralytics": import_ultralytics,
+     "transformers": import_transformers}[package]()
+    return _import(name, package)

@@ -351,10 +351,11 @@ def evaluate_tasks(config: TaskEvalConfig, loaded: LoadedModel,
 
 def _yolo_predictions(out: Any, size: tuple[int, int]) -> np.ndarray:
     """Ultralytics' NMS of an eval-mode output; ``(N, 6)`` normalised xyxy, conf, cls."""
-    from ultralytics.utils.nms import non_max_suppression  # noqa: PLC0415
+    from ..tv_compat import import_optional  # noqa: PLC0415
 
+    nms = import_optional("ultralytics.utils.nms")
     pred = out[0] if isinstance(out, tuple) else out
-    det = non_max_suppression(pred, conf_thres=0.001, iou_thres=0.7, max_det=300)[0]
+    det = nms.non_max_suppression(pred, conf_thres=0.001, iou_thres=0.7, max_det=300)[0]
     det = det.float().numpy().copy()
     det[:, [0, 2]] /= size[1]
     det[:, [1, 3]] /= size[0]

@@ -356,10 +356,7 @@ def ultralytics_yolo(
 
     if _is_task_file(weights):
         return from_task_file(name, weights, feature_layer)
-    import_ultralytics()
-    from ultralytics import YOLO  # noqa: PLC0415  (optional dependency)
-
-    model = YOLO(str(weights)).model
+    model = import_ultralytics().YOLO(str(weights)).model
     return _yolo_task_network(name, model, feature_layer,
                               {"adapter": "ultralytics", "weights": str(weights)})
 

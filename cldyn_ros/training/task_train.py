@@ -308,17 +308,15 @@ def mask_batch(images: Sequence[Tensor], masks: Sequence[Tensor], crop: int,
 
 def build_network(task: str, spec: dict[str, Any]) -> nn.Module:
     """A randomly initialised task network from its spec (see :data:`DEFAULT_NETWORKS`)."""
-    from ..tv_compat import import_torchvision, import_ultralytics  # noqa: PLC0415
+    from ..tv_compat import import_optional, import_torchvision  # noqa: PLC0415
 
     spec = {**DEFAULT_NETWORKS[task], **spec}
     if task == "detection":
-        import_ultralytics()
-        from ultralytics.cfg import get_cfg  # noqa: PLC0415
-        from ultralytics.nn.tasks import DetectionModel  # noqa: PLC0415
-        from ultralytics.utils import DEFAULT_CFG  # noqa: PLC0415
-
-        model = DetectionModel(spec["arch"], nc=int(spec["num_classes"]), verbose=False)
-        model.args = get_cfg(DEFAULT_CFG)  # the detection loss reads its gains from here
+        tasks = import_optional("ultralytics.nn.tasks")
+        cfg = import_optional("ultralytics.cfg")
+        model = tasks.DetectionModel(spec["arch"], nc=int(spec["num_classes"]), verbose=False)
+        # the detection loss reads its gains from Ultralytics' default configuration
+        model.args = cfg.get_cfg(import_optional("ultralytics.utils").DEFAULT_CFG)
         return model
     if task == "segmentation" and spec["arch"].startswith("segformer"):
         return SegFormer(spec["arch"], int(spec["num_classes"]))
