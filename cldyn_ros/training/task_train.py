@@ -98,8 +98,12 @@ class TaskTrainConfig:
     max_minutes: float | None = None
     seed: int = 0
     threads: int | None = 1
+    keep: str = "best"  # weights written: the best validation step's, or the last step's
+    bn_batches: int = 32  # training batches that re-estimate batch-norm statistics at the end
 
     def __post_init__(self) -> None:
+        if self.keep not in ("best", "last"):
+            raise ValueError(f"keep must be 'best' or 'last', got '{self.keep}'")
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got '{self.task}'")
         self.network = {**DEFAULT_NETWORKS[self.task], **dict(self.network)}
@@ -420,6 +424,31 @@ def _batch(config: TaskTrainConfig, data: CachedSet, picks: Sequence[int],
 
 
 @torch.no_grad()
+def recalibrate_batch_norm(config: TaskTrainConfig, model: nn.Module, train: CachedSet,
+                           batches: int) -> None:
+    """Re-estimate every batch norm's running statistics as the plain average over
+    ``batches`` training batches (no weight changes). Short runs need it: torchvision's
+    MobileNetV3 updates its statistics with momentum 0.01, so after a few hundred steps they
+    still lag behind the weights and eval-mode outputs degenerate."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or batches <= 0:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    gen = torch.Generator().manual_seed(4321)
+    model.train()
+    for _ in range(batches):
+        picks = torch.randint(len(train.names), (config.batch_size,), generator=gen).tolist()
+        x, _ = _batch(config, train, picks, gen, train=True)
+        model(x if config.task == "detection" else _normalise(x))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    model.eval()
+
+
+@torch.no_grad()
 def validation_loss(config: TaskTrainConfig, model: nn.Module, val: CachedSet) -> float:
     """Mean loss over the validation pairs (eval mode, fixed crops, no flips)."""
     model.eval()
@@ -516,8 +545,15 @@ def train_task(config: TaskTrainConfig, progress: bool = True) -> dict[str, Any]
             last_save = time.monotonic()
     bar.close()
     save_state()
-    weights = best["state"] if best["state"] is not None else model.state_dict()
-    summary = {"steps": step, "minutes": round(elapsed / 60.0, 1),
+    if config.keep == "best" and best["state"] is not None:
+        model.load_state_dict(best["state"])
+    recalibrate_batch_norm(config, model, train, config.bn_batches)
+    final_val = validation_loss(config, model, val)
+    weights = model.state_dict()
+    summary = {"steps": step, "kept": config.keep,
+               "kept_step": best["step"] if config.keep == "best" else step,
+               "bn_recalibration_batches": config.bn_batches,
+               "final_val_loss": final_val, "minutes": round(elapsed / 60.0, 1),
                "seconds_per_step": elapsed / max(step, 1), "best_step": best["step"],
                "best_val_loss": best["val_loss"], "train_pairs": len(train.names),
                "val_pairs": len(val.names), "cache": str(cache),

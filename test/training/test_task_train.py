@@ -47,7 +47,7 @@ def _config(setup: dict[str, Path], task: str, **kw: object) -> TaskTrainConfig:
               "fusion_model": str(setup["fusion"]), "exclude": str(setup["exclude"]),
               "cache": str(setup["root"] / "cache"), "val_fraction": 0.4, "size": (64, 64),
               "crop": 32, "batch_size": 2, "steps": 2, "warmup": 1, "eval_every": 1,
-              "threads": 1}
+              "threads": 1, "bn_batches": 2}
     values.update(kw)
     return TaskTrainConfig(**values)
 
@@ -112,6 +112,7 @@ def test_train_resume_and_load(setup, task: str) -> None:
     assert state["step"] == 3 and len(state["history"]) == 3
     loaded_task, spec, model, meta = load_task_network(out)
     assert loaded_task == task and meta["steps"] == 3 and not model.training
+    assert meta["bn_recalibration_batches"] == 2 and meta["kept"] == "best"
     half = out.with_name(f"{task}_fp16.pt")
     export_task_network(out, half)
     assert half.stat().st_size < 0.6 * out.stat().st_size
@@ -123,6 +124,21 @@ def test_train_resume_and_load(setup, task: str) -> None:
     assert (out.with_name(f"{task}.train.csv")).read_text().count("\n") == 4
 
 
+def test_batch_norm_recalibration_sets_the_running_statistics(setup) -> None:
+    from cldyn_ros.training.task_train import CachedSet, recalibrate_batch_norm
+
+    config = _config(setup, "saliency")
+    cache = build_cache(config, progress=False)
+    train = CachedSet.load(cache, "train", "saliency")
+    torch.manual_seed(0)
+    net = U2NetP(input_scale=0.5)
+    bn = net.stage1.inp[1]
+    assert float(bn.running_var.mean()) == 1.0 and bn.num_batches_tracked == 0
+    recalibrate_batch_norm(config, net, train, 3)
+    assert bn.num_batches_tracked == 3 and bn.momentum == 0.1 and not net.training
+    assert float((bn.running_var - 1).abs().mean()) > 1e-3
+
+
 def test_unknown_settings_and_tasks_are_errors(setup, capsys) -> None:
     bad = setup["root"] / "bad.yaml"
     bad.write_text("task: detection\nout: x.pt\nir_dir: a\nvi_dir: b\nlearning_rate: 1\n")
@@ -130,3 +146,5 @@ def test_unknown_settings_and_tasks_are_errors(setup, capsys) -> None:
     assert "unknown settings" in capsys.readouterr().err
     with pytest.raises(ValueError, match="task must be one of"):
         TaskTrainConfig(task="depth", out="x", ir_dir="a", vi_dir="b")
+    with pytest.raises(ValueError, match="keep must be"):
+        TaskTrainConfig(task="saliency", out="x", ir_dir="a", vi_dir="b", keep="first")
