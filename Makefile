@@ -1,6 +1,7 @@
 # One-command set-up, demo, tests and lint for cldyn_ros.
 #
 #   make venv    create .venv (if missing) and install everything; re-running is fast
+#   make tasks   also install the optional task-network extra (requirements/tasks.txt)
 #   make demo    run the fusion demo (writes demo_output/)
 #   make test    ruff, mypy, then pytest
 #   make colcon  colcon build + colcon test (run by make test)
@@ -50,7 +51,7 @@ PACKAGE_SOURCES := setup.py setup.cfg package.xml resource/cldyn_ros \
 DEPS_STAMP := $(VENV)/.deps-installed
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv demo test test-jazzy colcon benchmarks lint lock clean distclean
+.PHONY: help venv tasks demo test test-jazzy colcon benchmarks lint lock clean distclean
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -78,6 +79,18 @@ $(STAMP): $(DEPS_STAMP) $(PACKAGE_SOURCES)
 	@echo "installing cldyn_ros into $(VENV)"
 	@rm -rf build/lib build/bdist.*  # setuptools' build cache would keep deleted modules
 	@$(PIP_INSTALL) --no-build-isolation . $(QUIET)
+	@touch $@
+
+# The optional extra: torchvision, Ultralytics, transformers (cldyn train task, cldyn eval
+# tasks), with the project's lock and its own; pip check fails on a second torch/OpenCV.
+TASKS_STAMP := $(VENV)/.tasks-installed
+TASKS_REQ := $(REQ)/tasks.txt $(REQ)/tasks-constraints.txt
+tasks: venv $(TASKS_STAMP)
+
+$(TASKS_STAMP): $(DEPS_STAMP) $(TASKS_REQ)
+	@echo "installing the optional extra $(REQ)/tasks.txt"
+	@$(PIP_INSTALL) -c $(REQ)/tasks-constraints.txt -r $(REQ)/tasks.txt $(QUIET)
+	@$(PIP) check
 	@touch $@
 
 demo: venv

@@ -50,7 +50,10 @@ setup(
     ],
     # Not tests_require: with setuptools >= 72 colcon then finds no pytest dependency and
     # silently runs zero tests.
-    extras_require={"test": ["pytest"]},
+    # "tasks": the real downstream task networks (cldyn train task, cldyn eval tasks);
+    # requirements/tasks.txt pins them, `make tasks` installs them with their lock.
+    extras_require={"test": ["pytest"],
+                    "tasks": ["torchvision", "ultralytics-opencv-headless", "transformers"]},
     python_requires=">=3.10",
     zip_safe=False,
     maintainer="cldyn_ros maintainers",

@@ -29,12 +29,16 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
-from torchmetrics.functional.image import (
+
+from .model.layers import sobel_xy
+from .tv_compat import ensure_torchvision_ops
+
+ensure_torchvision_ops()  # torchmetrics imports torchvision where it is installed
+
+from torchmetrics.functional.image import (  # noqa: E402
     structural_similarity_index_measure,
     visual_information_fidelity,
 )
-
-from .model.layers import sobel_xy
 
 __all__ = [
     "FAST_METRICS",

@@ -6,6 +6,10 @@ Run as `make lock` (it uses .venv/bin/python). The lock has two sections:
 - what only requirements/ros-wheels.txt pulls in. pip ignores a constraint on a package it
   does not install, so a venv on a sourced ROS 2 distro (wheels skipped) uses the same file.
 
+What only the optional extra requirements/tasks.txt pulls in goes to its own lock,
+requirements/tasks-constraints.txt (`make tasks` installs with both files); where the extra
+is not installed, that file is left as it is.
+
 Local version labels are dropped (torch 2.13.0+cpu -> 2.13.0) so that the CUDA build of the
 same version also satisfies the lock. Distributions embedded in another wheel (the ROS
 wheels carry egg-info folders such as rclpy-9.1.2-py3.11.egg-info) and the project itself
@@ -23,6 +27,8 @@ from pathlib import Path
 REQUIREMENTS = Path(__file__).resolve().parent
 PROJECT = "cldyn-ros"
 ROS_FILE = "ros-wheels.txt"
+TASKS_FILE = "tasks.txt"
+TASKS_LOCK = "tasks-constraints.txt"
 GENERAL_FILES = ("base.txt", "dev.txt")
 ALWAYS = ("pip", "setuptools", "wheel")
 
@@ -121,7 +127,11 @@ def main() -> int:
     ros_file = REQUIREMENTS / ROS_FILE
     ros = closure(requirement_names(ros_file) + extras_of(ros_file), installed) - general
     missing = [n for n in requirement_names(ros_file) if n not in installed]
-    other = set(pins) - general - ros  # installed by hand: kept, but reported
+    tasks_file = REQUIREMENTS / TASKS_FILE
+    tasks_installed = all(n in installed for n in requirement_names(tasks_file))
+    tasks = closure(requirement_names(tasks_file), installed) - general - ros \
+        if tasks_installed else set()
+    other = set(pins) - general - ros - tasks  # installed by hand: kept, but reported
 
     def lines(names: set[str], marker: str = "") -> list[str]:
         return [f"{pins[n][0]}=={pins[n][1]}{marker}" for n in sorted(names) if n in pins]
@@ -155,6 +165,18 @@ def main() -> int:
         out += ["", "# --- installed in the venv, required by no requirement file"]
         out += lines(other)
     (REQUIREMENTS / "constraints.txt").write_text("\n".join(out) + "\n")
+    if tasks_installed:
+        (REQUIREMENTS / TASKS_LOCK).write_text("\n".join([
+            "# Lock of the optional extra requirements/tasks.txt: what it pulls in beyond",
+            "# requirements/constraints.txt (torch, numpy, OpenCV and the rest stay as locked",
+            "# there). Written by `make lock` from a venv with `make tasks` installed; `make",
+            "# tasks` installs with both files. Do not edit by hand.",
+            "",
+            *lines(tasks),
+        ]) + "\n")
+        print(f"requirements/{TASKS_LOCK}: {len(tasks)} pins")
+    else:
+        print(f"the '{TASKS_FILE}' extra is not installed: requirements/{TASKS_LOCK} kept")
     if other:
         print(f"note: locked but required by no file: {', '.join(sorted(other))}", file=sys.stderr)
     counts = f"{len(general)} + {len(ros_lines)} ROS + {len(other)} other"

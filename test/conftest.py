@@ -13,6 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from cldyn_ros.tv_compat import ensure_torchvision_ops
+
+# Where the optional 'tasks' extra is installed, torchvision (imported by torchmetrics) needs
+# its operators defined before any test module imports it.
+ensure_torchvision_ops()
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 

@@ -17,11 +17,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "cldyn_ros"
 
-BASE = {"paths"}  # the package's own files (share directory, default model)
+BASE = {"paths", "tv_compat"}  # package files; optional task-network imports
 #: part -> parts it may import (below it). ``__init__`` is the package root (version).
 ALLOWED: dict[str, set[str]] = {
     "__init__": set(),
     "paths": set(),
+    "tv_compat": set(),
     "model": set(),
     "imaging": BASE,
     "metrics": {"model"} | BASE,

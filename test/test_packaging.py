@@ -373,3 +373,18 @@ def test_importing_the_package_first_makes_openmp_threads_sleep_unless_told(give
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, timeout=300, check=True).stdout.split()
     assert out[-1] == expected
+
+
+def test_tasks_extra_lock_agrees_and_adds_no_second_torch_or_opencv():
+    base = _pins(REPO_ROOT / "requirements" / "constraints.txt")
+    tasks_lock = _pins(REPO_ROOT / "requirements" / "tasks-constraints.txt")
+    wanted = _pins(REPO_ROOT / "requirements" / "tasks.txt")
+    assert wanted, "no pins read from requirements/tasks.txt"
+    stale = {n: (v, tasks_lock.get(n)) for n, v in wanted.items() if tasks_lock.get(n) != v}
+    assert not stale, f"requirements/tasks-constraints.txt disagrees; run `make lock`: {stale}"
+    # the extra's lock only adds packages: everything the base lock pins stays as pinned
+    assert not set(tasks_lock) & set(base), sorted(set(tasks_lock) & set(base))
+    for name in ("torch", "opencv-python", "opencv-contrib-python", "ultralytics"):
+        assert name not in tasks_lock, f"the tasks extra must not pull in {name}"
+    extras = ast.literal_eval(_setup_keyword("extras_require"))
+    assert sorted(extras["tasks"]) == sorted(wanted)

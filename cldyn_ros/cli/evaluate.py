@@ -1,6 +1,6 @@
 """``cldyn eval``: metric tables over folders of pairs and fused outputs (``images``),
-offline evaluation of recorded bags (``bag``) and the benchmark tables of
-``docs/benchmarks.md`` (``suite``)."""
+offline evaluation of recorded bags (``bag``), the benchmark tables of
+``docs/benchmarks.md`` (``suite``) and task-network scores per task vector (``tasks``)."""
 
 from __future__ import annotations
 
@@ -137,6 +137,108 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--no-progress", action="store_true")
     add_engine_args(q)
     q.set_defaults(func=run_suite)
+    _register_tasks(kinds)
+
+
+#: Shipped task networks (``cldyn train task``), relative to the share directory.
+TASK_NETWORK_FILES = {"detection": "models/task_detection.pt",
+                      "segmentation": "models/task_segmentation.pt",
+                      "saliency": "models/task_saliency.pt"}
+TASK_FLAGS = {"detection": "--detector", "segmentation": "--segmenter",
+              "saliency": "--saliency-net"}
+
+
+def _register_tasks(kinds: argparse._SubParsersAction) -> None:
+    t = kinds.add_parser(
+        "tasks",
+        help="task-network scores (mAP, mIoU, F-beta/MAE, task loss) and fusion metrics for "
+        "none and each task vector (needs make tasks)",
+        description="Fuse every pair with 'none' and with each task vector of the model, "
+        "score the fusions with the task networks (detection mAP@0.5 and mAP@0.5:0.95, "
+        "segmentation mIoU, saliency F-beta and MAE, and each network's task loss) and with "
+        "Q^AB/F, SSIM and EN; write report.json and report.md to --out. Boxes: YOLO txt "
+        "'cls cx cy w h' per pair (classes 0 person, 1 bicycle, 2 car); pairs without a "
+        "box file are skipped. Masks: binary 0/255 PNG per pair (segmentation scores the "
+        "'warm object' class against them). --boxes rules / --masks rules (the default for "
+        "masks) use the label rules of cldyn_ros.training.labels instead.",
+    )
+    t.add_argument("--ir", type=Path, required=True, help="folder of infrared images")
+    t.add_argument("--vi", type=Path, required=True, help="folder of visible images")
+    t.add_argument("--boxes", required=True, metavar="DIR|rules",
+                   help="folder of YOLO txt boxes, or 'rules'")
+    t.add_argument("--masks", default="rules", metavar="DIR|rules",
+                   help="folder of binary object masks, or 'rules' (default)")
+    t.add_argument("--model", help="fusion checkpoint with task vectors (default: the model "
+                   "shipped in models/)")
+    for task, flag in TASK_FLAGS.items():
+        t.add_argument(flag, dest=f"net_{task}", metavar="FILE",
+                       help=f"{task} network from cldyn train task (default: "
+                       f"{TASK_NETWORK_FILES[task]}; 'off' leaves it out)")
+    t.add_argument("--tasks", help="comma-separated task vectors (default: all the model's)")
+    t.add_argument("--strength", type=float, default=1.0, help="compensation strength")
+    t.add_argument("--names", type=Path, help="text file: only pairs with these names")
+    t.add_argument("--limit", type=int, help="only the first N pairs")
+    t.add_argument("--threads", type=int, help="CPU threads")
+    t.add_argument("--out", type=Path, required=True, help="folder for report.json/.md")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=run_tasks)
+
+
+def run_tasks(args: argparse.Namespace) -> int:
+    import torch  # noqa: PLC0415
+    from tqdm import tqdm  # noqa: PLC0415
+
+    from ..inference.checkpoint import load_checkpoint  # noqa: PLC0415
+    from ..paths import default_model_path, find_share_file  # noqa: PLC0415
+    from ..training.task_eval import TaskEvalConfig, evaluate_tasks, write_report  # noqa: PLC0415
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    networks = {}
+    for task, default in TASK_NETWORK_FILES.items():
+        value = getattr(args, f"net_{task}")
+        if value == "off":
+            continue
+        if value is None:
+            try:
+                value = find_share_file(default)
+            except FileNotFoundError as e:
+                raise ValueError(f"no shipped {task} network ({default}): pass "
+                                 f"{TASK_FLAGS[task]} FILE or 'off'") from e
+        networks[task] = Path(value)
+    if not networks:
+        raise ValueError("every task network is off: nothing to score")
+    model_path = Path(args.model) if args.model else default_model_path()
+    loaded = load_checkpoint(model_path)
+    names = set(args.names.read_text().split()) if args.names else None
+    names = {Path(n).stem for n in names} if names else None
+    config = TaskEvalConfig(
+        ir_dir=args.ir, vi_dir=args.vi,
+        boxes_dir=None if args.boxes == "rules" else Path(args.boxes),
+        masks_dir=None if args.masks == "rules" else Path(args.masks),
+        networks=networks,
+        tasks=[t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None,
+        strength=args.strength, names=names, limit=args.limit)
+    for folder in (config.boxes_dir, config.masks_dir):
+        if folder is not None and not folder.is_dir():
+            raise ValueError(f"label folder {folder} does not exist")
+    bar = tqdm(total=None, disable=args.no_progress, desc="eval tasks", unit="pair")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        report = evaluate_tasks(config, loaded, progress)
+    except ImportError as e:
+        raise ValueError(str(e)) from e
+    finally:
+        bar.close()
+    report["model"] = str(model_path)
+    json_path, md_path = write_report(report, args.out)
+    print(md_path.read_text())
+    print(f"wrote {json_path} and {md_path}")
+    return 0
 
 
 def run_images(args: argparse.Namespace) -> int:

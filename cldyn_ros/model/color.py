@@ -33,3 +33,9 @@ def ycbcr_to_rgb(y: Tensor, cb: Tensor, cr: Tensor) -> Tensor:
     g = y - 0.344136 * cb - 0.714136 * cr
     b = y + 1.772 * cb
     return torch.cat([r, g, b], dim=1).clamp_(0.0, 1.0)
+
+
+def fused_rgb(fused_y: Tensor, vis_rgb: Tensor) -> Tensor:
+    """Fused luminance with the visible chroma, as the node renders it: ``(B, 3, H, W)``."""
+    ycc = rgb_to_ycbcr(vis_rgb)
+    return ycbcr_to_rgb(fused_y, ycc[:, 1:2], ycc[:, 2:3]).clamp(0, 1)

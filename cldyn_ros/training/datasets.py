@@ -13,6 +13,9 @@ each reader also accepts a few common renamings):
   :func:`read_fmb`.
 - VT5000 salient objects (``<root>/<Train|Test>/{T,RGB,GT}``, 0/255 masks),
   :func:`read_vt5000`.
+- MSRS with human-drawn boxes (``<root>/{ir,vi}``, ``<root>/labels/<annotation>/`` YOLO txt
+  for the annotation drawn on the infrared, visible or fused image, optional object masks
+  in ``<root>/masks*``), :func:`read_msrs_boxes`.
 
 Self-supervised tasks on unlabelled pairs, with labels derived from the images themselves
 (:func:`self_supervised`):
@@ -48,8 +51,11 @@ __all__ = [
     "TaskData",
     "read_fmb",
     "read_m3fd",
+    "read_mask_folder",
+    "read_msrs_boxes",
     "read_pairs",
     "read_vt5000",
+    "read_yolo_folder",
     "self_supervised",
     "split_items",
     "visible_edges_label",
@@ -59,12 +65,14 @@ __all__ = [
 
 @dataclass
 class Item:
-    """One labelled pair: files and the label (a mask file, a box array or ``None``)."""
+    """One labelled pair: files and the label (a mask file, a box array or ``None``);
+    ``mask`` is an extra object-mask file where a box layout also has masks."""
 
     name: str
     ir: Path
     vis: Path
     label: Any = None
+    mask: Path | None = None
 
 
 @dataclass
@@ -81,6 +89,8 @@ class TaskData:
         preload: keep decoded images in memory (small sets).
         mask_scale: divide mask files by this (255 for 0/255 saliency masks, 1 for indices).
         source: description for metadata (root folder, layout).
+        frame_size: boxes only: ``(H, W)`` the frames are resized to (default: square
+            frames of the ``crop`` size passed to :meth:`batch`).
     """
 
     name: str
@@ -90,6 +100,7 @@ class TaskData:
     preload: bool = True
     mask_scale: float = 1.0
     source: dict[str, Any] = field(default_factory=dict)
+    frame_size: tuple[int, int] | None = None
     _cache: dict[int, tuple[Tensor, Tensor, Any]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -147,7 +158,7 @@ class TaskData:
             ir, rgb, label = self.load(i)
             flip = bool(torch.rand(1, generator=generator) < 0.5)
             if self.kind == "boxes":
-                samples.append(_resize_boxes(ir, rgb, label, crop, flip))
+                samples.append(_resize_boxes(ir, rgb, label, self.frame_size or crop, flip))
             else:
                 samples.append(_crop_mask(ir, rgb, label, crop, generator, flip))
         return self._collate(samples)
@@ -160,7 +171,8 @@ class TaskData:
         for i in range(len(self.items)) if indices is None else indices:
             ir, rgb, label = self.load(i)
             if self.kind == "boxes":
-                out.append(self._collate([_resize_boxes(ir, rgb, label, crop, False)]))
+                out.append(self._collate([_resize_boxes(ir, rgb, label,
+                                                        self.frame_size or crop, False)]))
                 continue
             h, w = ir.shape[-2:]
             ch, cw = min(crop, h), min(crop, w)
@@ -208,11 +220,13 @@ def _crop_mask(ir: Tensor, rgb: Tensor, label: Tensor, crop: int, generator: tor
     return ir, rgb, label
 
 
-def _resize_boxes(ir: Tensor, rgb: Tensor, boxes: Tensor, size: int, flip: bool
-                  ) -> tuple[Tensor, Tensor, Tensor]:
-    """Resize the whole frame to ``size x size`` (normalised boxes are unchanged)."""
-    ir = F.interpolate(ir[None], size=(size, size), mode="bilinear", align_corners=False)[0]
-    rgb = F.interpolate(rgb[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+def _resize_boxes(ir: Tensor, rgb: Tensor, boxes: Tensor, size: int | Sequence[int],
+                  flip: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Resize the whole frame to ``size x size`` or ``(H, W)`` (normalised boxes are
+    unchanged)."""
+    hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    ir = F.interpolate(ir[None], size=hw, mode="bilinear", align_corners=False)[0]
+    rgb = F.interpolate(rgb[None], size=hw, mode="bilinear", align_corners=False)[0]
     boxes = boxes.clone()
     if flip:
         ir, rgb = ir.flip(-1), rgb.flip(-1)
@@ -273,8 +287,11 @@ def _matched(ir_dir: Path, vi_dir: Path, label_dir: Path | None, label_ext: Sequ
     return out
 
 
-def _read_yolo_txt(path: Path) -> np.ndarray:
-    rows = []
+def _read_yolo_txt(path: Path | None) -> np.ndarray:
+    """``(N, 5)`` YOLO rows of a label file (``None``: no file, no boxes)."""
+    rows: list[list[float]] = []
+    if path is None:
+        return np.zeros((0, 5), np.float32)
     for n, line in enumerate(path.read_text().splitlines(), 1):
         parts = line.split()
         if not parts:
@@ -298,6 +315,65 @@ def read_m3fd(root: str | Path, split: str | Path | None = None, preload: bool =
              for s, a, b, c in _matched(ir, vi, lb, (".txt",), _names_from(split))]
     return TaskData("m3fd", items, kind="boxes", preload=preload,
                     source={"layout": "m3fd-yolo", "root": str(root)})
+
+
+def read_yolo_folder(ir: str | Path, vi: str | Path, labels: str | Path,
+                     names: str | Path | None = None, size: Sequence[int] | None = None,
+                     preload: bool = False) -> TaskData:
+    """Pairs from two folders with YOLO txt boxes in a third (``<labels>/<stem>.txt``), e.g.
+    the rule labels written by ``cldyn train task``; ``names``: optional text file of pair
+    names to keep; ``size``: ``(H, W)`` the frames are resized to."""
+    items = [Item(s, a, b, _read_yolo_txt(c))
+             for s, a, b, c in _matched(Path(ir), Path(vi), Path(labels), (".txt",),
+                                        _names_from(names))]
+    return TaskData("yolo", items, kind="boxes", preload=preload,
+                    frame_size=(int(size[0]), int(size[1])) if size else None,
+                    source={"layout": "yolo", "ir": str(ir), "vi": str(vi),
+                            "labels": str(labels), "names": str(names) if names else None})
+
+
+def read_mask_folder(ir: str | Path, vi: str | Path, masks: str | Path,
+                     names: str | Path | None = None, mask_scale: float = 1.0,
+                     preload: bool = False) -> TaskData:
+    """Pairs from two folders with PNG masks in a third (``<masks>/<stem>.png``: class
+    indices, or 0/255 with ``mask_scale`` 255); ``names``: optional text file of pair names
+    to keep."""
+    items = [Item(s, a, b, c)
+             for s, a, b, c in _matched(Path(ir), Path(vi), Path(masks), (".png",),
+                                        _names_from(names))]
+    return TaskData("masks", items, kind="mask", preload=preload, mask_scale=float(mask_scale),
+                    source={"layout": "masks", "ir": str(ir), "vi": str(vi),
+                            "masks": str(masks), "names": str(names) if names else None})
+
+
+MSRS_ANNOTATIONS = ("fusion", "infrared", "visible")
+
+
+def read_msrs_boxes(root: str | Path, annotation: str = "fusion", masks: bool = False,
+                    preload: bool = False) -> TaskData:
+    """MSRS pairs with YOLO txt boxes (classes 0 person, 1 bicycle, 2 car):
+    ``<root>/{ir,vi}``, ``<root>/labels/<annotation>/<stem>.txt`` (``annotation``: the set
+    drawn on the ``fusion``, ``infrared`` or ``visible`` image). With ``masks``, each item's
+    ``mask`` is its binary object mask from the first ``<root>/masks*`` folder (0/255 PNG),
+    where one exists for the pair."""
+    if annotation not in MSRS_ANNOTATIONS:
+        raise ValueError(f"annotation must be one of {MSRS_ANNOTATIONS}, got '{annotation}'")
+    root = Path(root)
+    ir = _subdir(root, ("ir", "infrared"), "infrared")
+    vi = _subdir(root, ("vi", "vis", "visible"), "visible")
+    lb = _subdir(_subdir(root, ("labels",), "labels"), (annotation,), f"'{annotation}' labels")
+    mask_files: dict[str, Path] = {}
+    if masks:
+        folders = sorted(p for p in root.iterdir() if p.is_dir()
+                         and p.name.lower().startswith("mask"))
+        if not folders:
+            raise ValueError(f"{str(root)!r} has no masks* folder")
+        mask_files = _by_stem(folders[0], (".png",))
+    items = [Item(s, a, b, _read_yolo_txt(c), mask_files.get(s))
+             for s, a, b, c in _matched(ir, vi, lb, (".txt",), None)]
+    return TaskData("msrs_boxes", items, kind="boxes", preload=preload,
+                    source={"layout": "msrs-boxes", "root": str(root),
+                            "annotation": annotation})
 
 
 def read_fmb(root: str | Path, split: str = "train", preload: bool = False) -> TaskData:

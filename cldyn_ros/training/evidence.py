@@ -31,8 +31,8 @@ from torch import Tensor
 from ..inference.checkpoint import load_checkpoint
 from ..metrics import fusion_metrics
 from ..model import CLDyN, rgb_to_ycbcr
+from ..model.color import fused_rgb
 from .datasets import Item, TaskData, read_pairs, self_supervised, split_items
-from .rsc import fused_rgb
 from .task_networks import SmallSegNet, TaskNetwork
 
 TASKS = ("warm_objects", "visible_edges")

@@ -41,20 +41,26 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..inference.checkpoint import load_checkpoint, save_checkpoint
-from ..model import CLDyN, CLDyNConfig, rgb_to_ycbcr, ycbcr_to_rgb
+from ..model import CLDyN, CLDyNConfig, rgb_to_ycbcr
+from ..model.color import fused_rgb
 from .datasets import (
     TaskData,
     read_fmb,
     read_m3fd,
+    read_mask_folder,
+    read_msrs_boxes,
     read_pairs,
     read_vt5000,
+    read_yolo_folder,
     self_supervised,
 )
+from .losses import FusionLoss
 from .mingrad import cagrad
 from .task_networks import (
     TaskAdapter,
     TaskNetwork,
     from_import_path,
+    from_task_file,
     pool_feature,
     torchvision_segmentation,
     ultralytics_yolo,
@@ -88,12 +94,19 @@ class RSCTrainConfig:
     device: str = "cpu"
     rsc: dict[str, Any] = field(default_factory=dict)  # CLDyNConfig overrides (new RSC only)
     fresh_rsc: bool = False  # ignore an RSC already in the --vfn checkpoint
+    # Fidelity: fidelity_weight x the VFN's own fusion loss on the compensated output, so
+    # plain fusion quality is kept. The loss's weights come from the VFN checkpoint's
+    # training metadata (the loss it was trained with); ``fidelity`` overrides them
+    # (FusionLoss arguments: intensity_weight, gradient_weight, qabf_weight, ssim_weight,
+    # qabf_border, anchor_weight).
+    fidelity_weight: float = 0.0
+    fidelity: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}")
-        if self.penalty < 0 or self.cagrad_c < 0:
-            raise ValueError("penalty and cagrad_c must be >= 0")
+        if self.penalty < 0 or self.cagrad_c < 0 or self.fidelity_weight < 0:
+            raise ValueError("penalty, cagrad_c and fidelity_weight must be >= 0")
 
 
 @dataclass
@@ -109,6 +122,27 @@ class Task:
         return self.network.name
 
 
+FUSION_LOSS_KEYS = ("intensity_weight", "gradient_weight", "qabf_weight", "ssim_weight",
+                    "qabf_border", "anchor_weight")
+
+
+def fidelity_loss(config: RSCTrainConfig) -> FusionLoss | None:
+    """The fusion loss of the fidelity term: the VFN's training loss (from its checkpoint's
+    metadata; the method's loss where none is recorded) with ``config.fidelity`` on top."""
+    if not config.fidelity_weight:
+        return None
+    unknown = set(config.fidelity) - set(FUSION_LOSS_KEYS)
+    if unknown:
+        raise ValueError(f"unknown fidelity settings {sorted(unknown)}; "
+                         f"use {', '.join(FUSION_LOSS_KEYS)}")
+    recorded: dict[str, Any] = {}
+    if config.vfn:
+        training = load_checkpoint(config.vfn).metadata.get("training", {})
+        if training.get("stage") == "vfn":
+            recorded = {k: training[k] for k in FUSION_LOSS_KEYS if k in training}
+    return FusionLoss(**{**recorded, **config.fidelity})
+
+
 def build_model(config: RSCTrainConfig) -> CLDyN:
     """VFN from ``config.vfn`` (frozen later) with RSC: the checkpoint's own, or a new one."""
     loaded = load_checkpoint(config.vfn)
@@ -122,18 +156,14 @@ def build_model(config: RSCTrainConfig) -> CLDyN:
     return model
 
 
-def fused_rgb(fused_y: Tensor, vis_rgb: Tensor) -> Tensor:
-    """Fused luminance with the visible chroma, as the node renders it: ``(B, 3, H, W)``."""
-    ycc = rgb_to_ycbcr(vis_rgb)
-    return ycbcr_to_rgb(fused_y, ycc[:, 1:2], ycc[:, 2:3]).clamp(0, 1)
-
-
 class Loop(nn.Module):
     """The closed-loop system: model (VFN frozen, RSC trainable) and per-task adapters."""
 
-    def __init__(self, model: CLDyN, tasks: Sequence[Task], device: torch.device) -> None:
+    def __init__(self, model: CLDyN, tasks: Sequence[Task], device: torch.device,
+                 fidelity: FusionLoss | None = None) -> None:
         super().__init__()
         self.model = model.to(device)
+        self.fidelity = fidelity
         self.tasks = list(tasks)
         self.device = device
         for t in self.tasks:
@@ -169,13 +199,27 @@ class Loop(nn.Module):
         """Task loss on the compensated fusion with ``vectors`` ``(B, task_dim)`` (training,
         per sample) or one ``(task_dim,)`` vector (``per_sample=False``, eval-mode path the
         node uses)."""
+        return self.compensated(task, ir, vis_rgb, target, vectors, per_sample)[0]
+
+    def compensated(self, task: Task, ir: Tensor, vis_rgb: Tensor, target: Any,
+                    vectors: Tensor, per_sample: bool = True) -> tuple[Tensor, Tensor]:
+        """``(task loss, fused_y)`` of the compensated fusion (see :meth:`compensated_loss`)."""
         vis_y = rgb_to_ycbcr(vis_rgb)[:, :1]
         if per_sample:
             fused = self.model.fuse_per_sample(ir, vis_y, vectors)
         else:
             fused = self.model.fuse_tasks(ir, vis_y, vectors.view(1, -1))[0]
         out, _ = task.network.run(fused_rgb(fused, vis_rgb))
-        return task.network.task_loss(out, target).float()
+        return task.network.task_loss(out, target).float(), fused
+
+    def fidelity_of(self, fused: Tensor, ir: Tensor, vis_rgb: Tensor) -> Tensor:
+        """The fidelity loss (the VFN's fusion loss) of ``fused``; 0 without one."""
+        if self.fidelity is None:
+            return fused.new_zeros(())
+        vis_y = rgb_to_ycbcr(vis_rgb)[:, :1]
+        prior = self.model.vfn.prior_image(ir, vis_y)
+        return self.fidelity(fused.float(), ir.float(), vis_y.float(),
+                             None if prior is None else prior.float())
 
 
 def reward_penalty(after: Tensor, before: Tensor, delta: float) -> tuple[Tensor, Tensor]:
@@ -209,10 +253,15 @@ def train_step(loop: Loop, batches: Sequence[tuple[Tensor, Tensor, Any]],
         ir, vis_rgb, target = (_to(v, loop.device) for v in (ir, vis_rgb, target))
         with torch.autocast(loop.device.type, dtype=autocast_dtype or torch.float32,
                             enabled=autocast_dtype is not None):
-            _, pooled, loss_before = loop.before(task, ir, vis_rgb, target)
+            plain, pooled, loss_before = loop.before(task, ir, vis_rgb, target)
             vectors = loop.adapters[task.name](pooled)
-            l_r = loop.compensated_loss(task, ir, vis_rgb, target, vectors)
+            l_r, fused = loop.compensated(task, ir, vis_rgb, target, vectors)
         loss, l_p = reward_penalty(l_r, loss_before, config.penalty)
+        l_f = loop.fidelity_of(fused, ir, vis_rgb)
+        if loop.fidelity is not None:
+            loss = loss + config.fidelity_weight * l_f
+            with torch.no_grad():
+                f_before = float(loop.fidelity_of(plain, ir, vis_rgb))
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         rows.append(torch.cat([
             (g if g is not None else torch.zeros_like(p)).reshape(-1).float()
@@ -220,6 +269,9 @@ def train_step(loop: Loop, batches: Sequence[tuple[Tensor, Tensor, Any]],
         ]))
         stats[task.name] = {"before": float(loss_before), "after": float(l_r.detach()),
                             "penalty": float(l_p.detach()), "vector": vectors.detach().mean(0)}
+        if loop.fidelity is not None:
+            stats[task.name]["fidelity_before"] = f_before
+            stats[task.name]["fidelity_after"] = float(l_f.detach())
     update, weights = cagrad(torch.stack(rows), config.cagrad_c)
     offset = 0
     for p in params:
@@ -235,9 +287,12 @@ def train_step(loop: Loop, batches: Sequence[tuple[Tensor, Tensor, Any]],
 
 
 @torch.no_grad()
-def evaluate_tasks(loop: Loop, tasks_batches: Mapping[str, list], vectors: Mapping[str, Tensor]
-                   ) -> dict[str, dict[str, float]]:
+def evaluate_tasks(loop: Loop, tasks_batches: Mapping[str, list], vectors: Mapping[str, Tensor],
+                   fidelity_weight: float = 0.0) -> dict[str, dict[str, float]]:
     """Mean task loss before / after compensation with one vector per task (eval mode).
+
+    With a fidelity loss in ``loop``, also its mean before / after, and ``ratio`` is that of
+    ``task loss + fidelity_weight x fidelity`` (the training objective).
 
     ``vectors`` may name a different task's vector for a task (cross-task evaluation): pass
     ``{task: vector}`` with the vector you want to apply to that task's data.
@@ -251,16 +306,25 @@ def evaluate_tasks(loop: Loop, tasks_batches: Mapping[str, list], vectors: Mappi
             if not batches:
                 continue
             vec = vectors[task.name].to(loop.device)
-            before = after = 0.0
+            before = after = fid_before = fid_after = 0.0
             for ir, vis_rgb, target in batches:
                 ir, vis_rgb, target = (_to(v, loop.device) for v in (ir, vis_rgb, target))
-                _, _, lb = loop.before(task, ir, vis_rgb, target)
-                la = loop.compensated_loss(task, ir, vis_rgb, target, vec, per_sample=False)
+                plain, _, lb = loop.before(task, ir, vis_rgb, target)
+                la, fused = loop.compensated(task, ir, vis_rgb, target, vec, per_sample=False)
                 before += float(lb)
                 after += float(la)
+                if loop.fidelity is not None:
+                    fid_before += float(loop.fidelity_of(plain, ir, vis_rgb))
+                    fid_after += float(loop.fidelity_of(fused, ir, vis_rgb))
             n = len(batches)
             results[task.name] = {"before": before / n, "after": after / n,
                                   "ratio": (after / n) / max(before / n, 1e-12)}
+            if loop.fidelity is not None:
+                # the ratio of the training objective (task loss + weighted fidelity)
+                w = fidelity_weight
+                results[task.name].update({
+                    "fidelity_before": fid_before / n, "fidelity_after": fid_after / n,
+                    "ratio": (after + w * fid_after) / max(before + w * fid_before, 1e-12)})
     finally:
         loop.train(was_training)
     return results
@@ -321,7 +385,7 @@ def train_rsc(config: RSCTrainConfig, tasks: Sequence[Task], progress: bool = Tr
     model = model if model is not None else build_model(config)
     if model.rsc is None:
         raise ValueError("the model has no RSC (build it with with_rsc=True)")
-    loop = Loop(model, tasks, device)
+    loop = Loop(model, tasks, device, fidelity_loss(config))
     params = loop.trainable()
     optim = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
@@ -361,7 +425,7 @@ def train_rsc(config: RSCTrainConfig, tasks: Sequence[Task], progress: bool = Tr
     budget = None if config.max_minutes is None else config.max_minutes * 60.0
     bar = tqdm(total=config.steps, initial=step, disable=not progress, desc="train rsc",
                unit="step")
-    running: dict[str, list[float]] = {n: [0.0, 0.0, 0.0] for n in names}
+    running: dict[str, list[float]] = {n: [0.0] * 5 for n in names}
     since = 0
     loop.train()
     while step < config.steps and (budget is None or elapsed < budget):
@@ -378,6 +442,8 @@ def train_rsc(config: RSCTrainConfig, tasks: Sequence[Task], progress: bool = Tr
             r[0] += s["before"]
             r[1] += s["after"]
             r[2] += s["penalty"]
+            r[3] += s.get("fidelity_before", 0.0)
+            r[4] += s.get("fidelity_after", 0.0)
             v = s["vector"].cpu()
             ema[n] = v if n not in ema else config.ema * ema[n] + (1 - config.ema) * v
         bar.update(1)
@@ -391,14 +457,21 @@ def train_rsc(config: RSCTrainConfig, tasks: Sequence[Task], progress: bool = Tr
                 row[f"{n}/train_before"] = r[0] / since
                 row[f"{n}/train_after"] = r[1] / since
                 row[f"{n}/train_penalty"] = r[2] / since
-                running[n] = [0.0, 0.0, 0.0]
+                if loop.fidelity is not None:
+                    row[f"{n}/train_fidelity_before"] = r[3] / since
+                    row[f"{n}/train_fidelity_after"] = r[4] / since
+                running[n] = [0.0] * 5
             since = 0
             row["weights"] = " ".join(f"{w:.3f}" for w in stats["_weights"])
             row["grad_norm"] = stats["_grad_norm"]
-            val = evaluate_tasks(loop, val_batches, ema) if val_batches else {}
+            val = evaluate_tasks(loop, val_batches, ema, config.fidelity_weight) \
+                if val_batches else {}
             for n, v in val.items():
                 row[f"{n}/val_before"] = v["before"]
                 row[f"{n}/val_after"] = v["after"]
+                if "fidelity_after" in v:
+                    row[f"{n}/val_fidelity_before"] = v["fidelity_before"]
+                    row[f"{n}/val_fidelity_after"] = v["fidelity_after"]
             # Without validation data the training ratio stands in.
             ratios = [v["ratio"] for v in val.values()] or [
                 row[f"{n}/train_after"] / max(row[f"{n}/train_before"], 1e-12) for n in names]
@@ -426,7 +499,8 @@ def train_rsc(config: RSCTrainConfig, tasks: Sequence[Task], progress: bool = Tr
         loop.model.load_state_dict(best["state"]["model"])
         loop.adapters.load_state_dict(best["state"]["adapters"])
     vectors = deployment_vectors(loop, config)
-    final_val = evaluate_tasks(loop, val_batches, vectors) if val_batches else {}
+    final_val = evaluate_tasks(loop, val_batches, vectors, config.fidelity_weight) \
+        if val_batches else {}
     metadata = {
         "trained_on": {t.name: {"data": t.train.describe(),
                                 "val": t.val.describe() if t.val else None} for t in tasks},
@@ -486,16 +560,29 @@ def network_from_spec(name: str, spec: Mapping[str, Any], base: Path) -> TaskNet
         return ultralytics_yolo(name, **spec)
     if kind == "torchvision":
         return torchvision_segmentation(name, **spec)
+    if kind == "task_file":
+        return from_task_file(name, **spec)
     raise ValueError(f"task '{name}': unknown network adapter '{kind}' "
-                     "(use import, yolo or torchvision)")
+                     "(use import, yolo, torchvision or task_file)")
 
 
 def data_from_spec(spec: Mapping[str, Any], base: Path) -> TaskData:
-    """A dataset from its configuration entry (``layout: m3fd|fmb|vt5000|self-supervised``)."""
-    spec = {k: _resolve(base, v) for k, v in dict(spec).items()}
-    layout = spec.pop("layout")
-    if layout == "m3fd":
-        return read_m3fd(**spec)
+    """A dataset from its configuration entry (``layout: m3fd|fmb|vt5000|msrs|yolo|masks|
+    self-supervised``)."""
+    spec = dict(spec)
+    layout = spec.pop("layout")  # a name, never a path (a folder of that name may exist)
+    names_only = {k: spec.pop(k) for k in ("labels", "split") if k in spec
+                  and layout in ("self-supervised", "fmb", "vt5000")}
+    spec = {**{k: _resolve(base, v) for k, v in spec.items()}, **names_only}
+    size = spec.pop("size", None) if layout in ("m3fd", "msrs") else None
+    if layout in ("m3fd", "msrs"):
+        data = read_m3fd(**spec) if layout == "m3fd" else read_msrs_boxes(**spec)
+        data.frame_size = (int(size[0]), int(size[1])) if size else None
+        return data
+    if layout == "yolo":
+        return read_yolo_folder(**spec)
+    if layout == "masks":
+        return read_mask_folder(**spec)
     if layout == "fmb":
         return read_fmb(**spec)
     if layout == "vt5000":
@@ -513,7 +600,7 @@ def data_from_spec(spec: Mapping[str, Any], base: Path) -> TaskData:
                                        "names": spec.get("names"),
                                        "exclude": spec.get("exclude")})
     raise ValueError(f"unknown data layout '{layout}' "
-                     "(use m3fd, fmb, vt5000 or self-supervised)")
+                     "(use m3fd, fmb, vt5000, msrs, yolo, masks or self-supervised)")
 
 
 def tasks_from_spec(entries: Sequence[Mapping[str, Any]], base: Path) -> list[Task]:

@@ -21,7 +21,8 @@ Adapters for real networks:
 
 - :func:`from_import_path`: any module built by ``package.module:callable``;
 - :func:`ultralytics_yolo`: an Ultralytics YOLO ``.pt`` file (detection loss of Ultralytics);
-- :func:`torchvision_segmentation`: a torchvision segmentation model with the user's weights.
+- :func:`torchvision_segmentation`: a torchvision segmentation model with the user's weights;
+- :func:`from_task_file`: a network written by ``cldyn train task``.
 
 Each imports its package only when called.
 """
@@ -50,6 +51,7 @@ __all__ = [
     "SmallSegNet",
     "TaskNetwork",
     "from_import_path",
+    "from_task_file",
     "import_object",
     "pool_feature",
     "torchvision_segmentation",
@@ -117,9 +119,16 @@ def _l1(output: Any, target: Tensor) -> Tensor:
     return F.l1_loss(out, target.to(out.dtype))
 
 
+def _bce_iou(output: Any, target: Tensor) -> Tensor:
+    from .sod import bce_iou_loss  # noqa: PLC0415
+
+    return bce_iou_loss(_first_tensor(output), target)
+
+
 #: Named task losses usable from configuration files.
 LOSSES: dict[str, Callable[[Any, Tensor], Tensor]] = {
     "bce": _bce_logits,
+    "bce_iou": _bce_iou,
     "cross_entropy": _cross_entropy,
     "mse": _mse,
     "l1": _l1,
@@ -301,50 +310,101 @@ def from_import_path(
     )
 
 
-def ultralytics_yolo(
-    name: str, weights: str | Path, feature_layer: str | None = None
-) -> TaskNetwork:
-    """An Ultralytics YOLO detection model file (``yolov5su.pt``, ``yolov8s.pt``, your own).
-
-    The task loss is Ultralytics' own detection loss (box + class + DFL) on targets in the
-    Ultralytics batch layout, as :class:`~cldyn_ros.training.datasets.M3FDDetection` yields
-    them: ``{"batch_idx": (K,), "cls": (K, 1), "bboxes": (K, 4) normalised xywh}``. Input is
-    RGB in ``[0, 1]`` without further normalisation, as Ultralytics feeds it. The default
-    feature layer is the last module before the detection head (for YOLOv5s the last head
-    C3, 512 channels at stride 32, as in the paper).
-
-    Requires the ``ultralytics`` package (imported only here).
-    """
-    try:
-        from ultralytics import YOLO  # noqa: PLC0415  (optional dependency)
-    except ImportError as e:
-        raise ImportError("the YOLO adapter needs the 'ultralytics' package "
-                          "(pip install ultralytics)") from e
+def _yolo_task_network(name: str, model: Any, feature_layer: str | None,
+                       description: dict[str, Any]) -> TaskNetwork:
+    """A TaskNetwork around an Ultralytics ``DetectionModel`` with its detection loss."""
     from types import SimpleNamespace  # noqa: PLC0415
 
-    model = YOLO(str(weights)).model
     if feature_layer is None:
         feature_layer = f"model.{len(model.model) - 2}"
     hyp = {"box": 7.5, "cls": 0.5, "dfl": 1.5}  # Ultralytics defaults
-    args = model.args if isinstance(getattr(model, "args", None), dict) else vars(
-        getattr(model, "args", SimpleNamespace()))
+    raw = getattr(model, "args", None)
+    args = dict(raw) if isinstance(raw, dict) else dict(vars(raw)) if raw is not None else {}
     hyp.update({k: v for k, v in args.items() if k in hyp})
     model.args = SimpleNamespace(**{**args, **hyp})
     model.float()
 
     def loss(output: Any, target: Mapping[str, Tensor]) -> Tensor:
-        if not hasattr(model, "criterion") or model.criterion is None:
+        if getattr(model, "criterion", None) is None:
             model.criterion = model.init_criterion()
         preds = output[1] if isinstance(output, tuple) else output
         batch_size = _first_tensor(preds).shape[0]
         total, _ = model.criterion(preds, dict(target))
         return total.sum() / batch_size  # Ultralytics scales its loss by the batch size
 
-    return TaskNetwork(
-        name, model, feature_layer, loss, channels=3,
-        description={"adapter": "ultralytics", "weights": str(weights),
-                     "feature_layer": feature_layer, "loss": "ultralytics detection"},
-    )
+    return TaskNetwork(name, model, feature_layer, loss, channels=3,
+                       description={**description, "feature_layer": feature_layer,
+                                    "loss": "ultralytics detection"})
+
+
+def ultralytics_yolo(
+    name: str, weights: str | Path, feature_layer: str | None = None
+) -> TaskNetwork:
+    """An Ultralytics YOLO detection model file (``yolov5su.pt``, ``yolov8s.pt``, your own),
+    or a detection network written by ``cldyn train task``.
+
+    The task loss is Ultralytics' own detection loss (box + class + DFL) on targets in the
+    Ultralytics batch layout, as :class:`~cldyn_ros.training.datasets.M3FDDetection` yields
+    them: ``{"batch_idx": (K,), "cls": (K, 1), "bboxes": (K, 4) normalised xywh}``. Input is
+    RGB in ``[0, 1]`` without further normalisation, as Ultralytics feeds it. The default
+    feature layer is the last module before the detection head (for YOLOv5s the last head
+    C3, 512 channels at stride 32, as in the paper; for YOLOv8n the last C2f, 256 channels).
+
+    Requires the ``ultralytics`` package (imported only here, offline).
+    """
+    from ..tv_compat import import_ultralytics  # noqa: PLC0415
+
+    if _is_task_file(weights):
+        return from_task_file(name, weights, feature_layer)
+    model = import_ultralytics().YOLO(str(weights)).model
+    return _yolo_task_network(name, model, feature_layer,
+                              {"adapter": "ultralytics", "weights": str(weights)})
+
+
+def _is_task_file(path: str | Path) -> bool:
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # an Ultralytics file holds pickled classes: not ours
+        return False
+    return isinstance(data, dict) and data.get("format") == "cldyn_ros task network"
+
+
+#: Default feature layer per task of a ``cldyn train task`` network.
+TASK_FILE_FEATURES = {"segmentation": None, "saliency": "stage6"}
+
+
+def from_task_file(name: str, weights: str | Path, feature_layer: str | None = None
+                   ) -> TaskNetwork:
+    """A task network written by ``cldyn train task`` (its file says which architecture,
+    task and classes): detection with Ultralytics' loss, segmentation with cross-entropy,
+    saliency with BCE + IoU; ImageNet normalisation for the last two.
+
+    Default feature layers: the last module before the YOLO head, the backbone's last stage
+    (segmentation), the bottom stage ``stage6`` of U2NETP (saliency).
+    """
+    from .task_files import load_task_network  # noqa: PLC0415
+
+    task, spec, network, _ = load_task_network(weights)
+    module: Any = network  # Ultralytics / torchvision / transformers: untyped attributes
+    description = {"adapter": "task_file", "task": task, "network": spec,
+                   "weights": str(weights)}
+    if task == "detection":
+        return _yolo_task_network(name, module, feature_layer, description)
+    if task == "segmentation":
+        if feature_layer is not None:
+            layer = feature_layer
+        elif hasattr(module, "model"):  # SegFormer: the last stage
+            stages = module.model.segformer.stages
+            layer = f"model.segformer.stages.{len(stages) - 1}"
+        else:
+            names = [n for n, _ in module.backbone.named_children()]
+            layer = "backbone.layer4" if "layer4" in names else f"backbone.{names[-1]}"
+        loss: str = "cross_entropy"
+    else:
+        layer = feature_layer or str(TASK_FILE_FEATURES["saliency"])
+        loss = "bce_iou"
+    return TaskNetwork(name, module, layer, loss, channels=3, mean=IMAGENET_MEAN,
+                       std=IMAGENET_STD, description={**description, "feature_layer": layer})
 
 
 def torchvision_segmentation(
@@ -362,10 +422,9 @@ def torchvision_segmentation(
     normalisation; the default feature layer is the backbone's last stage (``backbone.layer4``
     for ResNets, else the last backbone module). Requires ``torchvision``.
     """
-    try:
-        from torchvision.models import segmentation  # noqa: PLC0415  (optional dependency)
-    except ImportError as e:
-        raise ImportError("the torchvision adapter needs the 'torchvision' package") from e
+    from ..tv_compat import import_torchvision  # noqa: PLC0415
+
+    segmentation = import_torchvision().models.segmentation
     builder = getattr(segmentation, arch, None)
     if builder is None:
         raise ValueError(f"torchvision has no segmentation model '{arch}'")

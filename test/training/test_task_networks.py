@@ -21,6 +21,7 @@ from cldyn_ros.training.task_networks import (
     torchvision_segmentation,
     ultralytics_yolo,
 )
+from cldyn_ros.tv_compat import import_ultralytics
 
 FACTORY = "cldyn_ros.training.task_networks:SmallSegNet"
 
@@ -135,6 +136,7 @@ def test_torchvision_segmentation_adapter(tmp_path: Path) -> None:
 
 def test_ultralytics_yolo_adapter(tmp_path: Path) -> None:
     pytest.importorskip("ultralytics", reason="ultralytics is not installed")
+    import_ultralytics()
     from ultralytics import YOLO
 
     model = YOLO("yolov8n.yaml")  # built from the architecture file, no download
@@ -146,3 +148,37 @@ def test_ultralytics_yolo_adapter(tmp_path: Path) -> None:
     target = {"batch_idx": torch.tensor([0.0]), "cls": torch.tensor([[0.0]]),
               "bboxes": torch.tensor([[0.5, 0.5, 0.2, 0.3]])}
     assert torch.isfinite(task.task_loss(out, target))
+
+
+@pytest.mark.parametrize("task", ["detection", "segmentation", "saliency"])
+def test_task_file_adapter_runs_the_networks_of_cldyn_train_task(tmp_path: Path,
+                                                                 task: str) -> None:
+    pytest.importorskip("ultralytics", reason="the 'tasks' extra is not installed")
+    pytest.importorskip("torchvision", reason="the 'tasks' extra is not installed")
+    from cldyn_ros.training.rsc import network_from_spec
+    from cldyn_ros.training.task_train import DEFAULT_NETWORKS, build_network, save_task_network
+
+    torch.manual_seed(0)
+    spec = DEFAULT_NETWORKS[task]
+    weights = tmp_path / f"{task}.pt"
+    save_task_network(weights, task, spec, build_network(task, spec).state_dict(), {})
+    net = network_from_spec(task, {"adapter": "task_file", "weights": str(weights)}, tmp_path)
+    assert net.description["task"] == task and not net.module.training
+    x = torch.rand(2, 3, 64, 64, requires_grad=True)
+    out, feature = net.run(x)
+    expected_dim = {"detection": 256, "segmentation": 960, "saliency": 64}[task]
+    assert pool_feature(feature).shape == (2, expected_dim)
+    if task == "detection":
+        target = {"batch_idx": torch.tensor([0.0, 1.0]), "cls": torch.tensor([[0.0], [2.0]]),
+                  "bboxes": torch.tensor([[0.5, 0.5, 0.2, 0.3], [0.3, 0.4, 0.2, 0.2]])}
+    elif task == "segmentation":
+        target = torch.randint(0, 3, (2, 64, 64))
+    else:
+        target = (torch.rand(2, 1, 64, 64) > 0.7).float()
+    loss = net.task_loss(out, target)
+    loss.backward()
+    assert torch.isfinite(loss) and x.grad is not None and x.grad.abs().sum() > 0
+    assert all(p.grad is None for p in net.module.parameters())
+    # the yolo adapter recognises the same file
+    if task == "detection":
+        assert ultralytics_yolo("det", weights).description["adapter"] == "task_file"

@@ -17,8 +17,17 @@ from cldyn_ros.imaging.synthetic import generate_pairs, write_pairs
 from cldyn_ros.inference.checkpoint import load_checkpoint, save_checkpoint
 from cldyn_ros.model import CLDyN, CLDyNConfig
 from cldyn_ros.training.datasets import read_pairs, self_supervised
+from cldyn_ros.training.losses import FusionLoss
 from cldyn_ros.training.mingrad import cagrad, cagrad_objective, project_simplex
-from cldyn_ros.training.rsc import Loop, RSCTrainConfig, Task, reward_penalty, train_rsc, train_step
+from cldyn_ros.training.rsc import (
+    Loop,
+    RSCTrainConfig,
+    Task,
+    fidelity_loss,
+    reward_penalty,
+    train_rsc,
+    train_step,
+)
 from cldyn_ros.training.task_networks import SmallSegNet, TaskNetwork
 
 TINY = {"task_dim": 16, "embed_dim": 16, "bank_size": 4, "basis_dim": 32, "kernel_hidden": 8}
@@ -181,6 +190,37 @@ def test_gradient_reaches_every_trainable_parameter_and_no_frozen_one(pairs_dir:
         for p in t.network.module.parameters():
             assert not p.requires_grad and p.grad is None
         assert not t.network.module.training
+
+
+def test_fidelity_term_adds_the_fusion_loss_gradient(pairs_dir: Path, tmp_path: Path) -> None:
+    tasks = tasks_on(pairs_dir)
+    gen_batches = [t.train.batch(2, 32, torch.Generator().manual_seed(0)) for t in tasks]
+    grads = {}
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        loop = Loop(tiny_model(active=True), tasks, torch.device("cpu"),
+                    FusionLoss(qabf_weight=1.0, ssim_weight=0.5) if weight else None)
+        loop.train()
+        stats = train_step(loop, gen_batches, RSCTrainConfig(vfn="", out="",
+                                                             fidelity_weight=weight), None)
+        grads[weight] = torch.cat([p.grad.flatten() for p in loop.trainable()])
+        if weight:
+            for t in tasks:
+                s = stats[t.name]
+                assert s["fidelity_after"] > 0 and s["fidelity_before"] > 0
+                assert s["fidelity_after"] != s["fidelity_before"]  # active RSC: not identity
+    assert not torch.allclose(grads[0.0], grads[1.0])
+    # the fusion loss comes from the VFN checkpoint's own training metadata
+    vfn = tmp_path / "vfn.pt"
+    save_checkpoint(vfn, tiny_model(), {}, {"training": {"stage": "vfn", "qabf_weight": 2.0,
+                                                         "intensity_weight": 0.0}})
+    loss = fidelity_loss(RSCTrainConfig(vfn=str(vfn), out="", fidelity_weight=1.0,
+                                        fidelity={"ssim_weight": 0.25}))
+    assert (loss.qabf_weight, loss.intensity_weight, loss.ssim_weight) == (2.0, 0.0, 0.25)
+    assert fidelity_loss(RSCTrainConfig(vfn=str(vfn), out="")) is None
+    with pytest.raises(ValueError, match="unknown fidelity settings"):
+        fidelity_loss(RSCTrainConfig(vfn=str(vfn), out="", fidelity_weight=1.0,
+                                     fidelity={"edge_weight": 1.0}))
 
 
 # --- training runs -------------------------------------------------------------------------
