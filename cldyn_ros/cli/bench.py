@@ -247,7 +247,7 @@ def run_node_load(args: argparse.Namespace) -> int:
         height=h, width=w, rgb_rate=rgb, thermal_rate=thermal,
         thermal_encoding=args.thermal_encoding,
         device="cpu" if args.device == "auto" else args.device, precision=args.precision,
-        threads=args.threads or 1, window_s=args.window, out=str(out),
+        threads=args.threads[0] if args.threads else 1, window_s=args.window, out=str(out),
         engine_frames=args.engine_frames)
     report = run_load_bench(settings, log=log)
     report["command"] = "cldyn bench " + " ".join(sys.argv[2:])

@@ -332,7 +332,7 @@ def test_fuse_reports_an_out_of_memory_pair_and_fuses_the_others(
     one line on stderr, the other pairs are fused, and the exit code says something failed."""
     from cldyn_ros.inference import engine as engine_module
 
-    real_plain = engine_module._Runner.plain
+    real_plain = engine_module.TorchRunner.plain
     calls = []
 
     def plain_out_of_memory_once(self, *args):
@@ -341,7 +341,7 @@ def test_fuse_reports_an_out_of_memory_pair_and_fuses_the_others(
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real_plain(self, *args)
 
-    monkeypatch.setattr(engine_module._Runner, "plain", plain_out_of_memory_once)
+    monkeypatch.setattr(engine_module.TorchRunner, "plain", plain_out_of_memory_once)
     ir_dir, vi_dir = pair_dirs
     out = tmp_path / "fused"
     assert main(["fuse", "--ir", str(ir_dir), "--vi", str(vi_dir), "--out", str(out),
