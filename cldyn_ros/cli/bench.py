@@ -80,10 +80,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iterations", type=int, default=5, help="measured frames per case")
     p.add_argument("--warmup", type=int, default=None,
                    help="unmeasured frames per case (default 1; node: colour frames, 5)")
-    p.add_argument("--internal-scales", type=_floats, default=[1.0],
+    p.add_argument("--internal-scales", type=_floats, default=None,
                    help="engine internal_scale values (network at this fraction of the frame "
                    "size, prior at full size; needs a model with a prior, e.g. --model "
-                   "models/cldyn_default.pt), e.g. 1,0.5,0.25 (default 1)")
+                   "models/cldyn_default.pt), e.g. 1,0.5,0.25 (default 1; node mode: the first, "
+                   "default the model's own)")
     p.add_argument("--threads", type=_ints, default=None,
                    help="torch CPU threads (default: torch's); several, e.g. 1,2, make "
                    "threads a case axis (node mode: the first)")
@@ -157,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..inference.engine import check_internal_scale
 
-    for scale in args.internal_scales:
+    internal_scales = args.internal_scales or [1.0]
+    for scale in internal_scales:
         check_internal_scale(scale)
     loaded = None
     if args.model:
@@ -165,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
 
         loaded = load_checkpoint(args.model)
     report = run_model_bench(
-        loaded=loaded, internal_scales=args.internal_scales,
+        loaded=loaded, internal_scales=internal_scales,
         resolutions=args.sizes, devices=devices, precisions=args.precisions,
         task_counts=args.tasks, paths=args.paths, embed_max_sides=args.embed_max_sides,
         iterations=args.iterations, warmup=args.warmup, threads=args.threads,
@@ -210,6 +212,7 @@ def run_node(args: argparse.Namespace) -> int:
         warmup=5 if args.warmup is None else args.warmup, device=args.device,
         precision=args.precision, task=args.task,
         threads=args.threads[0] if args.threads else 0, qos=args.qos_reliability,
+        internal_scale=args.internal_scales[0] if args.internal_scales else 0.0,
         out=str(args.out))
     report = run_node_bench(settings, log=log)
     report["command"] = "cldyn bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else ""

@@ -53,6 +53,7 @@ class NodeBenchSettings:
     precision: str = "fp32"
     task: str = ""
     threads: int = 0
+    internal_scale: float = 0.0  # 0: the model's own (full resolution unless it says)
     qos: str = "best_effort"  # input reliability, node and publishers: best_effort, reliable
     settle_s: float = 3.0  # wait for the last frames in flight
     startup_timeout: float = 120.0
@@ -284,6 +285,7 @@ def run_node_bench(settings: NodeBenchSettings, log=None) -> dict[str, Any]:
     args = ["-r", f"__ns:={NAMESPACE}", "-p", f"model_path:={Path(settings.model).resolve()}",
             "-p", f"device:={settings.device}", "-p", f"precision:={settings.precision}",
             "-p", f"threads:={settings.threads}", "-p", f"qos_reliability:={settings.qos}",
+            "-p", f"internal_scale:={float(settings.internal_scale)}",
             "-p", f"warmup_width:={settings.width}", "-p", f"warmup_height:={settings.height}"]
     if settings.task:
         args += ["-p", f"task:={settings.task}"]
