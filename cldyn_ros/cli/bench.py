@@ -117,7 +117,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                help_note="also the reliability of the benchmark's publishers")
     node.add_argument("--out", type=Path, default=None,
                       help="folder for bench_node.json, bench_node.md and node.log (default "
-                      "bench_node; flood/soak: bench_node_flood, bench_node_soak)")
+                      "./bench_node; flood/soak: ./bench_node_flood, ./bench_node_soak; git "
+                      "ignores bench_node*/)")
     node.add_argument("--load", choices=("stream", "flood", "soak"), default="stream",
                       help="stream (default): --frames colour frames from this process; "
                       "flood: both inputs at --rgb-rate/--thermal-rate (default 200 Hz) for "
@@ -219,6 +220,7 @@ def run_node(args: argparse.Namespace) -> int:
     from ..tools.bench import write_report
 
     write_report(report, args.out / "bench_node.json")
+    print(f"report and node log in {args.out.resolve()}", file=sys.stderr, flush=True)
     if args.json:
         write_report(report, args.json)
     table = format_node_table([report])
@@ -255,6 +257,7 @@ def run_node_load(args: argparse.Namespace) -> int:
     report = run_load_bench(settings, log=log)
     report["command"] = "cldyn bench " + " ".join(sys.argv[2:])
     write_report(report, out / f"bench_node_{args.load}.json")
+    print(f"report and node log in {out.resolve()}", file=sys.stderr, flush=True)
     if args.json:
         write_report(report, args.json)
     text = format_load_report(report)

@@ -15,7 +15,7 @@ import torch.nn.functional as F  # noqa: N812  (torch convention)
 from torch import Tensor, nn
 
 from ..model import CLDyN
-from ..model.layers import ConvBNAct, sobel_xy
+from ..model.layers import ConvBNAct, box_mean, sobel_xy
 from ..model.vfn import AttentionFusion
 
 __all__ = ["FastAttentionFusion", "ReflectConv2d", "fold_batch_norm", "inference_copy"]
@@ -49,18 +49,12 @@ def _max3x3(x: Tensor) -> Tensor:
 
 
 def _avg3x3(x: Tensor) -> Tensor:
-    """3x3 stride-1 mean over the valid pixels of each window (``count_include_pad=False``),
-    as separable sums of shifted views divided by the window's pixel count (channels-last
-    features: the pooling kernel, which is faster there)."""
+    """3x3 stride-1 mean over the valid pixels of each window (``count_include_pad=False``):
+    the pooling kernel on channels-last features (faster there), else the package's box
+    filter on shifted views."""
     if _channels_last(x):
         return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
-    def box(t: Tensor) -> Tensor:
-        p = F.pad(t, (1, 1, 1, 1))
-        s = p[..., :-2] + p[..., 1:-1] + p[..., 2:]
-        return s[..., :-2, :] + s[..., 1:-1, :] + s[..., 2:, :]
-
-    count = box(torch.ones_like(x[:1, :1]))  # valid pixels per window (shape-generic)
-    return box(x) / count
+    return box_mean(x, 3, "valid")
 
 
 def _channels_last(x: Tensor) -> bool:

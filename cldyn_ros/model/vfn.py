@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import ConvBNAct, DenseBlock, sobel_magnitude
+from .layers import ConvBNAct, DenseBlock, box_mean, sobel_magnitude
 
 
 class Encoder(nn.Module):
@@ -103,20 +103,6 @@ class Decoder(nn.Module):
         return (prior + x).clamp(0.0, 1.0)
 
 
-def _box(x: Tensor, size: int) -> Tensor:
-    """Mean over a ``size x size`` window, replicate borders. Shape-preserving.
-
-    Separable running sums (a cumulative sum along each axis, then differences), so the cost
-    does not grow with ``size``; the float32 sums are exact to about ``1e-5`` of the grey
-    range at 640 px rows (far below one 8-bit level).
-    """
-    pad = size // 2
-    rows = F.pad(x, (pad + 1, pad, 0, 0), mode="replicate").cumsum(-1)
-    x = (rows[..., size:] - rows[..., :-size]) / size
-    cols = F.pad(x, (0, 0, pad + 1, pad), mode="replicate").cumsum(-2)
-    return (cols[..., size:, :] - cols[..., :-size, :]) / size
-
-
 def detail_selection(
     ir: Tensor, vis_y: Tensor, sizes: tuple[int, ...] = (3, 7, 15), window: int = 5
 ) -> Tensor:
@@ -132,9 +118,9 @@ def detail_selection(
     base = torch.cat([ir, vis_y], dim=1)  # both sources through each filter at once
     fused = torch.zeros_like(ir)
     for size in sizes:
-        low = _box(base, size)
+        low = box_mean(base, size)
         detail = base - low
-        energy = _box(detail.abs(), window)
+        energy = box_mean(detail.abs(), window)
         keep_ir = energy[:, :1] >= energy[:, 1:]
         fused = fused + torch.where(keep_ir, detail[:, :1], detail[:, 1:])
         base = low

@@ -68,11 +68,6 @@ from ..streams.settings import (
 from ..streams.worker import LatestPairWorker
 from .parameters import changed_values, declare_parameters
 
-try:  # ROS 2 message_filters: optional (not installable from PyPI)
-    import message_filters
-except ImportError:  # pragma: no cover - depends on the installation
-    message_filters = None
-
 __all__ = [
     "BUILTIN_PARAMETERS", "FUSED_TOPIC", "NODE_NAME", "OUTPUT_ENCODINGS", "PARAMETERS",
     "READY_SERVICE", "ready_service", "wait_for_service",
@@ -274,19 +269,6 @@ class FusionNode(Node):
 
     def _make_inputs(self, s: FusionSettings, groups: dict[str, Any]) -> None:
         qos = _input_qos(s.qos_reliability, s.qos_depth)
-        self._synchronizer = None
-        if s.use_message_filters and message_filters is None:
-            self._warn("use_message_filters is true but the ROS 2 message_filters package is "
-                       "not installed: using the built-in approximate-time pairer")
-        elif s.use_message_filters:  # pragma: no cover - needs message_filters (a ROS distro)
-            subs = [message_filters.Subscriber(self, Image, topic, qos_profile=qos,
-                                               callback_group=groups[role])
-                    for topic, role in ((THERMAL_TOPIC, "thermal"), (RGB_TOPIC, "color"))]
-            self._synchronizer = message_filters.ApproximateTimeSynchronizer(
-                subs, s.queue_size, s.slop)
-            self._synchronizer.registerCallback(self._on_synchronized)
-            self._mf_subscribers = subs
-            return
         for topic, role in ((THERMAL_TOPIC, "thermal"), (RGB_TOPIC, "color")):
             self.create_subscription(Image, topic, partial(self._on_image, role), qos,
                                      callback_group=groups[role])
@@ -309,14 +291,6 @@ class FusionNode(Node):
                 self.pipeline.rejections.add("parameters")
                 return SetParametersResult(successful=False, reason=str(e))
             old = self.pipeline.settings
-            if self._synchronizer is not None and (
-                (settings.slop, settings.queue_size) != (old.slop, old.queue_size)
-            ):
-                self.pipeline.rejections.add("parameters")
-                return SetParametersResult(
-                    successful=False,
-                    reason="slop and queue_size are fixed while use_message_filters is on",
-                )
             self._values = values
             self.pipeline.update(settings)
             for task in settings.tasks:  # subscribers can connect before the first frame
@@ -367,20 +341,6 @@ class FusionNode(Node):
         frame = Frame(stamp_to_ns(msg.header.stamp), image, msg.header.frame_id, arrival)
         for pair in self.pipeline.add(role, frame):
             self.worker.submit((pair, time.monotonic_ns()))
-
-    def _on_synchronized(self, thermal_msg: Image, color_msg: Image) -> None:  # pragma: no cover
-        """message_filters callback (only where it is installed: no test runs it here)."""
-        if self._closed:
-            return
-        arrival = time.monotonic_ns()
-        self.pipeline.received(2)
-        thermal, color = self._convert("thermal", thermal_msg), self._convert("color", color_msg)
-        if thermal is None or color is None:
-            return
-        t_ns, c_ns = stamp_to_ns(thermal_msg.header.stamp), stamp_to_ns(color_msg.header.stamp)
-        pair = Pair(Frame(c_ns, color, color_msg.header.frame_id, arrival),
-                    Frame(t_ns, thermal, thermal_msg.header.frame_id, arrival), c_ns - t_ns)
-        self.worker.submit((pair, arrival))
 
     # ------------------------------------------------------------------ fusion
     def _process(self, item: tuple[Pair, int]) -> None:

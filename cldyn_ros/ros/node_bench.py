@@ -20,24 +20,18 @@ import dataclasses
 import os
 import shutil
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from ..tools.bench import SCHEMA_VERSION, machine_info, percentiles, synthetic_frames, write_report
+from .bench_receiver import NAMESPACE, FusedReceiver, NodeBenchError
 from .demo import NodeProcess, ros_environment
 
-NAMESPACE = "/cldyn_bench"
-NODE_NAME = "cldyn_fusion"
 #: Node drop counters (cumulative) taken from the last ``~/metrics`` message.
 NODE_COUNTERS = ("pairing_color_unmatched", "pairing_out_of_order", "pairing_stale",
                  "pairing_overflow", "worker_dropped", "worker_processed", "input_errors",
                  "fusion_errors")
-
-
-class NodeBenchError(RuntimeError):
-    """The node did not start, connect or answer."""
 
 
 @dataclasses.dataclass
@@ -114,23 +108,17 @@ def _process_reading(pid: int) -> dict[str, Any]:
 # ------------------------------------------------------------------ ROS side
 
 
-class _Client:
-    """Its own rclpy context: publishers of the two image streams, subscriptions of
-    ``fused/image`` (receive times) and ``~/metrics`` (the node's counters)."""
+class _Client(FusedReceiver):
+    """A :class:`FusedReceiver` that also publishes the two image streams: receive times
+    per stamp and the node's counters from the last ``~/metrics``."""
 
     def __init__(self, height: int, width: int, qos: str = "best_effort") -> None:
-        import rclpy
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
         from sensor_msgs.msg import Image
 
         from ..streams.image_msgs import numpy_to_image
 
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node("cldyn_bench_client", namespace=NAMESPACE,
-                                      context=self.context)
+        super().__init__("cldyn_bench_client", metrics_depth=50)
         in_qos = (qos_profile_sensor_data if qos == "best_effort"
                   else QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
         self.pubs = {
@@ -142,54 +130,27 @@ class _Client:
                      "rgb": numpy_to_image(color, "rgb8", factory=Image)}
         self.msgs["thermal"].header.frame_id = "thermal"
         self.msgs["rgb"].header.frame_id = "rgb"
-        self.lock = threading.Lock()
         self.received: dict[int, int] = {}  # stamp ns -> receive time ns
         self.duplicates = 0
         self.thermal_sent = 0
         self.last_metrics: dict[str, str] = {}
-        self.fused_topic = f"{NAMESPACE}/fused/image"
-        self.node.create_subscription(
-            Image, self.fused_topic, self._on_fused,
-            QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
-        self.node.create_subscription(DiagnosticArray, f"{NAMESPACE}/{NODE_NAME}/metrics",
-                                      self._on_metrics, 50)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._spinner = threading.Thread(target=self._spin, name="cldyn-bench-spin",
-                                         daemon=True)
-        self._spinner.start()
+        self.start()
 
-    def _spin(self) -> None:
-        try:
-            self.executor.spin()
-        except Exception:  # context shut down
-            pass
+    def on_fused(self, stamp: int, received_ns: int) -> None:
+        if stamp in self.received:
+            self.duplicates += 1
+        else:
+            self.received[stamp] = received_ns
 
-    def _on_fused(self, msg: Any) -> None:
-        now = time.time_ns()
-        stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
-        with self.lock:
-            if stamp in self.received:
-                self.duplicates += 1
-            else:
-                self.received[stamp] = now
+    def on_frame_metrics(self, stamp: int, values: dict[str, str]) -> None:
+        self.last_metrics = values
 
-    def _on_metrics(self, msg: Any) -> None:
-        frame = next((s for s in msg.status if s.name.endswith(": frame")), None)
-        if frame is not None:
-            with self.lock:
-                self.last_metrics = {kv.key: kv.value for kv in frame.values}
+    def connected(self) -> bool:
+        return all(p.get_subscription_count() for p in self.pubs.values()) and \
+            super().connected()
 
-    def wait_connected(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all(p.get_subscription_count() for p in self.pubs.values()) and \
-                    self.node.count_publishers(self.fused_topic):
-                time.sleep(0.3)
-                return
-            time.sleep(0.05)
-        raise NodeBenchError(f"the node did not connect to {NAMESPACE}/thermal|rgb/image and "
-                             f"{self.fused_topic} within {timeout:g} s")
+    def topics(self) -> str:
+        return f"{NAMESPACE}/thermal|rgb/image and {self.fused_topic}"
 
     def publish(self, stream: str) -> int:
         """Publish the stream's frame stamped now; return the stamp (ns)."""
@@ -253,15 +214,6 @@ class _Client:
             except (KeyError, ValueError):
                 continue
         return out
-
-    def close(self) -> None:
-        try:
-            self.executor.shutdown(timeout_sec=2.0)
-            self.node.destroy_node()
-        finally:
-            if self.context.ok():
-                self.context.shutdown()
-        self._spinner.join(3)
 
 
 # ------------------------------------------------------------------ the benchmark

@@ -29,7 +29,6 @@ import json
 import math
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -37,8 +36,9 @@ from typing import Any
 import numpy as np
 
 from ..tools.bench import SCHEMA_VERSION, machine_info, percentiles, synthetic_frames, write_report
+from .bench_receiver import NAMESPACE, FusedReceiver, NodeBenchError
 from .demo import NodeProcess, ros_environment
-from .node_bench import NAMESPACE, NODE_NAME, NodeBenchError, process_cpu_s, process_rss_mb
+from .node_bench import process_cpu_s, process_rss_mb
 
 _NS = 1_000_000_000
 #: Node counters (cumulative) read from the last ``~/metrics`` frame status.
@@ -133,86 +133,34 @@ def publish_main(argv: list[str] | None = None) -> int:
 
 
 # ------------------------------------------------------------------ receiving side
-class _Receiver:
-    """Its own rclpy context: ``fused/image`` receive times and per-frame ``~/metrics``."""
+class _Receiver(FusedReceiver):
+    """A :class:`FusedReceiver` keeping every fused image's receive time and stamp, the
+    node's processing time per stamp and its latest counters."""
 
     def __init__(self) -> None:
-        import rclpy
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import Image
-
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node("cldyn_load_receiver", namespace=NAMESPACE,
-                                      context=self.context)
-        self.lock = threading.Lock()
+        super().__init__("cldyn_load_receiver", metrics_depth=200)
         self.fused: list[tuple[int, int]] = []  # (receive wall ns, stamp ns)
         self.processing: dict[int, float] = {}  # stamp -> processing_ms
         self.counters: dict[str, float] = {}
-        self.fused_topic = f"{NAMESPACE}/fused/image"
-        self.node.create_subscription(
-            Image, self.fused_topic, self._on_fused,
-            QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
-        self.node.create_subscription(DiagnosticArray, f"{NAMESPACE}/{NODE_NAME}/metrics",
-                                      self._on_metrics, 200)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._spin, name="cldyn-load-spin",
-                                        daemon=True)
-        self._thread.start()
+        self.start()
 
-    def _spin(self) -> None:
+    def on_fused(self, stamp: int, received_ns: int) -> None:
+        self.fused.append((received_ns, stamp))
+
+    def on_frame_metrics(self, stamp: int, values: dict[str, str]) -> None:
         try:
-            self.executor.spin()
-        except Exception:  # context shut down
+            self.processing[stamp] = float(values["processing_ms"])
+        except (KeyError, ValueError):
             pass
-
-    def _on_fused(self, msg: Any) -> None:
-        now = time.time_ns()
-        stamp = int(msg.header.stamp.sec) * _NS + int(msg.header.stamp.nanosec)
-        with self.lock:
-            self.fused.append((now, stamp))
-
-    def _on_metrics(self, msg: Any) -> None:
-        frame = next((s for s in msg.status if s.name.endswith(": frame")), None)
-        if frame is None:
-            return
-        values = {kv.key: kv.value for kv in frame.values}
-        stamp = int(msg.header.stamp.sec) * _NS + int(msg.header.stamp.nanosec)
-        with self.lock:
+        for k in COUNTERS:
             try:
-                self.processing[stamp] = float(values["processing_ms"])
+                self.counters[k] = float(values[k])
             except (KeyError, ValueError):
                 pass
-            for k in COUNTERS:
-                try:
-                    self.counters[k] = float(values[k])
-                except (KeyError, ValueError):
-                    pass
-
-    def wait_connected(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.node.count_publishers(self.fused_topic):
-                time.sleep(0.3)
-                return
-            time.sleep(0.05)
-        raise NodeBenchError(f"the node did not publish {self.fused_topic} within {timeout:g} s")
 
     def snapshot(self) -> tuple[list[tuple[int, int]], dict[int, float], dict[str, float]]:
         with self.lock:
             return list(self.fused), dict(self.processing), dict(self.counters)
-
-    def close(self) -> None:
-        try:
-            self.executor.shutdown(timeout_sec=2.0)
-            self.node.destroy_node()
-        finally:
-            if self.context.ok():
-                self.context.shutdown()
-        self._thread.join(3)
 
 
 # ------------------------------------------------------------------ engine alone

@@ -28,7 +28,6 @@ Files: ``<out>`` (final checkpoint: best weights, task vectors, metadata),
 from __future__ import annotations
 
 import copy
-import csv
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -54,6 +53,7 @@ from .datasets import (
     read_yolo_folder,
     self_supervised,
 )
+from .history import write_history_csv
 from .losses import FusionLoss
 from .mingrad import cagrad
 from .task_networks import (
@@ -477,7 +477,7 @@ def train_rsc(config: RSCTrainConfig, tasks: Sequence[Task], progress: bool = Tr
                 row[f"{n}/train_after"] / max(row[f"{n}/train_before"], 1e-12) for n in names]
             row["score"] = sum(ratios) / len(ratios)
             history.append(row)
-            _write_log(log_path, history)
+            write_history_csv(log_path, history)
             if writer is not None:
                 for k, v in row.items():
                     if isinstance(v, float):
@@ -522,16 +522,6 @@ def train_rsc(config: RSCTrainConfig, tasks: Sequence[Task], progress: bool = Tr
     return {"steps": step, "minutes": elapsed / 60.0, "history": history, "out": str(out),
             "best_step": best["step"], "validation": final_val, "vectors": vectors,
             "loop": loop}
-
-
-def _write_log(path: Path, history: list[dict[str, Any]]) -> None:
-    keys: list[str] = []
-    for row in history:
-        keys.extend(k for k in row if k not in keys)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(history)
 
 
 # ---------------------------------------------------------------------------------------

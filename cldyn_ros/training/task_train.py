@@ -26,7 +26,6 @@ training and validation losses; the final weights (the best validation step) go 
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import time
@@ -48,6 +47,7 @@ from ..inference.checkpoint import load_checkpoint
 from ..model import rgb_to_ycbcr
 from ..model.color import fused_rgb
 from .datasets import read_pairs, split_items
+from .history import write_history_csv
 from .labels import LabelRules, detection_boxes, saliency_mask, segmentation_mask
 from .task_files import (  # noqa: F401  (re-exported: the file format of this trainer)
     DEFAULT_NETWORKS,
@@ -486,7 +486,7 @@ def train_task(config: TaskTrainConfig, progress: bool = True) -> dict[str, Any]
                    "lr": optim.param_groups[0]["lr"]}
             running, since = 0.0, 0
             history.append(row)
-            _write_log(log_path, history)
+            write_history_csv(log_path, history)
             if v < best["val_loss"]:
                 best = {"val_loss": v, "step": step,
                         "state": {k: t.detach().clone() for k, t in model.state_dict().items()}}
@@ -513,13 +513,3 @@ def train_task(config: TaskTrainConfig, progress: bool = True) -> dict[str, Any]
     save_task_network(out, config.task, config.network, weights,
                       _metadata(config, summary))
     return {**summary, "out": str(out)}
-
-
-def _write_log(path: Path, history: list[dict[str, Any]]) -> None:
-    keys: list[str] = []
-    for row in history:
-        keys.extend(k for k in row if k not in keys)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(history)

@@ -7,7 +7,6 @@ from it. The final weights go to ``<out>`` as a normal checkpoint with provenanc
 
 from __future__ import annotations
 
-import csv
 import math
 import random
 import time
@@ -27,6 +26,7 @@ from ..inference.checkpoint import load_checkpoint, save_checkpoint
 from ..inference.reduced_scale import ReducedScaleFusion, check_internal_scale
 from ..model import CLDyN, CLDyNConfig
 from ..offline.evaluation import load_pair
+from .history import write_history_csv
 from .losses import FusionLoss
 
 
@@ -331,7 +331,7 @@ def train_vfn(config: VFNTrainConfig, progress: bool = True) -> dict[str, Any]:
                             "train_loss": running / steps_per_epoch, "val_loss": val_loss,
                             "minutes": elapsed / 60.0})
             running = 0.0
-            _write_log(log_path, history)
+            write_history_csv(log_path, history)
             bar.write(f"epoch {history[-1]['epoch']}: train {history[-1]['train_loss']:.4f} "
                       f"val {val_loss:.4f}")
         if step % config.checkpoint_every == 0:
@@ -371,10 +371,3 @@ def evaluate_loss(
         total += loss_fn(net(ir, y), ir, y, model.vfn.prior_image(ir, y)).item()
     model.train()
     return total / len(batches)
-
-
-def _write_log(path: Path, history: list[dict[str, Any]]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)

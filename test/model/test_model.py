@@ -18,7 +18,7 @@ from cldyn_ros.model import (
     rgb_to_ycbcr,
     ycbcr_to_rgb,
 )
-from cldyn_ros.model.layers import sobel_magnitude
+from cldyn_ros.model.layers import box_mean, sobel_magnitude
 from cldyn_ros.model.rsc import (
     CONFIGURATIONS,
     KernelPredictors,
@@ -546,6 +546,26 @@ def test_sobel_magnitude_of_horizontal_ramp():
     ramp = torch.arange(23.0).view(1, 1, 1, 23).expand(1, 1, 17, 23)
     g = sobel_magnitude(ramp)
     torch.testing.assert_close(g[..., 1:-1], torch.full((1, 1, 17, 21), 8.0))
+
+
+@pytest.mark.parametrize("size", [1, 3, 5, 15])
+def test_box_mean_borders_match_torch_pooling(size: int) -> None:
+    """Both border rules of the one box filter against torch's pooling: replicate = the
+    mean pool of the replicate-padded input; valid = the pool without the padding."""
+    x = torch.rand(2, 3, 19, 26, generator=torch.Generator().manual_seed(size))
+    pad = size // 2
+    replicated = F.avg_pool2d(F.pad(x, (pad,) * 4, mode="replicate"), size, stride=1)
+    valid = F.avg_pool2d(x, size, stride=1, padding=pad, count_include_pad=False)
+    torch.testing.assert_close(box_mean(x, size, "replicate"), replicated, atol=1e-5, rtol=0)
+    torch.testing.assert_close(box_mean(x, size, "valid"), valid, atol=1e-6, rtol=0)
+
+
+def test_box_mean_rejects_even_sizes_and_unknown_borders() -> None:
+    x = torch.zeros(1, 1, 8, 8)
+    with pytest.raises(ValueError, match="odd"):
+        box_mean(x, 4)
+    with pytest.raises(ValueError, match="border"):
+        box_mean(x, 3, "zeros")
 
 
 def test_soft_qabf_equals_the_metric_and_has_finite_gradients():
