@@ -8,9 +8,13 @@ and the per-pair metrics). The SHA-256 digests below were computed with the code
 stood before the redesign of the settings, the frame pipeline and thermal normalisation;
 a refactoring must leave every digest unchanged.
 
-Floating-point results depend on the CPU's vector instructions and torch's kernels, so the
-digests hold for the platform they were made on (recorded in ``PINNED_ON``); elsewhere
-the test is skipped with the reason.
+Floating-point results depend on the CPU (vendor and vector instructions pick different
+oneDNN kernels) and on torch's version, so the digests are kept per platform
+(``platform_key()``). The first set was made on an Intel Xeon; the AMD EPYC set on an
+EPYC with the code of the commit that introduced the pins (the redesigned code gives the
+same digests there). On a platform with no recorded set the test is
+skipped with the key; ``python test/inference/test_output_pins.py`` prints the digests of
+the checkout for a new set, to be made with the code before a change.
 """
 
 from __future__ import annotations
@@ -31,22 +35,23 @@ from cldyn_ros.inference.engine import FusionEngine
 from cldyn_ros.offline.bag_eval import BagEvalSettings, evaluate_bag
 from cldyn_ros.offline.bags import StreamSpec, read_images, synthetic_stream, write_stream
 
-PINNED_ON = {"machine": "x86_64", "torch": "2."}
-
 H, W = 40, 56
 MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
-def _platform_matches() -> str | None:
-    if platform.machine() != PINNED_ON["machine"]:
-        return f"digests were made on {PINNED_ON['machine']}, this is {platform.machine()}"
-    if not torch.__version__.startswith(PINNED_ON["torch"]):
-        return f"digests were made with torch {PINNED_ON['torch']}x, this is {torch.__version__}"
-    return None
+def cpu_vendor() -> str:
+    """The CPU's vendor string from /proc/cpuinfo ('unknown' where it is not readable)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
 
 
-pytestmark = pytest.mark.skipif(_platform_matches() is not None,
-                                reason=str(_platform_matches()))
+def platform_key() -> str:
+    return f"{platform.machine()} {cpu_vendor()} torch {torch.__version__}"
 
 
 def digest(*arrays: np.ndarray | torch.Tensor) -> str:
@@ -95,15 +100,41 @@ def fuse_sequence(engine: FusionEngine, frames, requests, color_order="rgb") -> 
     return digest(*parts)
 
 
-ENGINE_PINS = {
-    "default_8bit_plain": "3563197a15066b2654ad7d7181becfdd",
-    "default_16bit_smoothed": "ed6374be1d2400c20454dcf9a8b4f785",
-    "default_16bit_unsmoothed_resized_bgr": "275043858937785a29de3277375645c6",
-    "default_16bit_homography": "27ba40a0cd1e0e54c9a56f3817366cd6",
-    "tasks_one_task": "7ef3cf470592837dc1ecd975fbb9ba1a",
-    "tasks_blend": "f0a93e646e21963dbc94002038bf622f",
-    "tasks_batched_bgr_output": "9fa6cf15d96bed46c91ea929d2d289a6",
+ENGINE_PINS_BY_PLATFORM = {
+    "x86_64 GenuineIntel torch 2.13.0+cpu": {
+        "default_8bit_plain": "3563197a15066b2654ad7d7181becfdd",
+        "default_16bit_smoothed": "ed6374be1d2400c20454dcf9a8b4f785",
+        "default_16bit_unsmoothed_resized_bgr": "275043858937785a29de3277375645c6",
+        "default_16bit_homography": "27ba40a0cd1e0e54c9a56f3817366cd6",
+        "tasks_one_task": "7ef3cf470592837dc1ecd975fbb9ba1a",
+        "tasks_blend": "f0a93e646e21963dbc94002038bf622f",
+        "tasks_batched_bgr_output": "9fa6cf15d96bed46c91ea929d2d289a6",
+    },
+    "x86_64 AuthenticAMD torch 2.13.0+cpu": {
+        "default_8bit_plain": "ef0394ee136c0dff2c76229fdab1f813",
+        "default_16bit_smoothed": "37c20ad2a1ae8d0886020cf4e58ed973",
+        "default_16bit_unsmoothed_resized_bgr": "0dfb7fab2823f02715c2ff0efc25725c",
+        "default_16bit_homography": "ce7383aaa1b224ceb6a0f8582a225e7c",
+        "tasks_one_task": "b3e50dd7b5f9789ab23b530b8ef452ec",
+        "tasks_blend": "3d3db1480c12c80cdb90b02df74216c5",
+        "tasks_batched_bgr_output": "9fa6cf15d96bed46c91ea929d2d289a6",
+    },
 }
+BAG_PINS_BY_PLATFORM = {
+    "x86_64 GenuineIntel torch 2.13.0+cpu": {
+        "images": "525440f192f03656bf98dbf2e9e248a6",
+        "metrics": "3dbe775ee227e16b4bf8d41c92587b7d"},
+    "x86_64 AuthenticAMD torch 2.13.0+cpu": {
+        "images": "8d70e1281e1620c52c7d605ec0e4b4be",
+        "metrics": "f0c4ff677561988815d1b1e9cd0d9851"},
+}
+CASES = sorted(next(iter(ENGINE_PINS_BY_PLATFORM.values())))
+ENGINE_PINS = ENGINE_PINS_BY_PLATFORM.get(platform_key())
+BAG_PIN = BAG_PINS_BY_PLATFORM.get(platform_key())
+
+pytestmark = pytest.mark.skipif(
+    ENGINE_PINS is None or BAG_PIN is None,
+    reason=f"no digests recorded for this platform ({platform_key()})")
 
 
 def engine_case(name: str, pairs) -> str:
@@ -141,13 +172,15 @@ def engine_case(name: str, pairs) -> str:
     raise KeyError(name)
 
 
-@pytest.mark.parametrize("name", sorted(ENGINE_PINS))
+def test_every_platform_pins_the_same_cases() -> None:
+    assert all(sorted(p) == CASES for p in ENGINE_PINS_BY_PLATFORM.values())
+    assert set(BAG_PINS_BY_PLATFORM) == set(ENGINE_PINS_BY_PLATFORM)
+
+
+@pytest.mark.parametrize("name", CASES)
 def test_engine_outputs_are_pinned(name: str, pairs) -> None:
+    assert ENGINE_PINS is not None
     assert engine_case(name, pairs) == ENGINE_PINS[name]
-
-
-BAG_PIN = {"images": "525440f192f03656bf98dbf2e9e248a6",
-           "metrics": "3dbe775ee227e16b4bf8d41c92587b7d"}
 
 
 def bag_case(tmp_path: Path) -> dict[str, str]:
@@ -174,3 +207,16 @@ def bag_case(tmp_path: Path) -> dict[str, str]:
 
 def test_bag_evaluation_outputs_are_pinned(tmp_path: Path) -> None:
     assert bag_case(tmp_path) == BAG_PIN
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    torch.set_num_threads(1)
+    print(f'"{platform_key()}": {{')
+    pairs7 = generate_pairs(3, seed=7, height=H, width=W, thermal_bits=16)
+    for case in CASES:
+        print(f'    "{case}": "{engine_case(case, pairs7)}",')
+    print("}")
+    with tempfile.TemporaryDirectory() as d:
+        print("bag:", bag_case(Path(d)))
