@@ -1,0 +1,124 @@
+"""The fusion node's ROS plumbing that is not the node itself: topic names of transports,
+input and feedback subscriptions, QoS profiles, diagnostics values, device memory.
+
+Kept apart so :mod:`cldyn_ros.ros.node` stays the wiring of the life cycle.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+from typing import Any
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+
+from ..streams.camera_info import camera_info_topic
+
+try:  # vision_msgs: optional (a ROS distro has it; no wheel on PyPI)
+    from vision_msgs.msg import Detection2DArray
+except ImportError:  # pragma: no cover - depends on the installation
+    Detection2DArray = None
+
+__all__ = [
+    "DETECTIONS_TOPIC", "FEEDBACK_TOPIC", "LEVELS", "OUT_QOS", "Detection2DArray",
+    "free_device_memory", "input_qos", "input_topic", "input_type", "kv",
+    "make_feedback_subscriptions", "resolve_topic",
+]
+
+FEEDBACK_TOPIC = "~/task_feedback"
+DETECTIONS_TOPIC = "~/detections"
+LEVELS = {"OK": DiagnosticStatus.OK, "WARN": DiagnosticStatus.WARN,
+          "ERROR": DiagnosticStatus.ERROR}
+OUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+# Best effort matches reliable and best-effort publishers alike.
+_FEEDBACK_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
+
+
+def kv(key: str, value: Any) -> KeyValue:
+    """A diagnostics value as text (booleans as ``true``/``false``, floats to 6 digits)."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, float):
+        text = f"{value:.6g}"
+    elif value is None:
+        text = ""
+    else:
+        text = str(value)
+    return KeyValue(key=key, value=text)
+
+
+def input_qos(reliability: str, depth: int) -> QoSProfile:
+    """The image inputs' QoS: keep-last ``depth``, volatile, best effort or reliable."""
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=depth,
+        reliability=(
+            ReliabilityPolicy.BEST_EFFORT if reliability == "best_effort"
+            else ReliabilityPolicy.RELIABLE
+        ),
+        durability=DurabilityPolicy.VOLATILE,
+    )
+
+
+def resolve_topic(node: Node, topic: str) -> str:
+    """``topic`` as the node resolves it (namespace, ``~`` and remapping applied)."""
+    resolve = getattr(node, "resolve_topic_name", None)
+    if resolve is not None:
+        return str(resolve(topic))
+    # Older rclpy: expand without remapping rules.  # pragma: no cover
+    from rclpy.expand_topic_name import expand_topic_name
+
+    return str(expand_topic_name(topic, node.get_name(), node.get_namespace()))
+
+
+def input_topic(node: Node, topic: str, transport: str) -> str:
+    """The topic an input subscribes to: ``topic`` itself (``raw``) or, as image_transport
+    names it, the resolved base topic plus ``/compressed`` (so remapping the base topic
+    moves the transport topic with it)."""
+    if transport == "raw":
+        return topic
+    return resolve_topic(node, topic).rstrip("/") + "/" + transport
+
+
+def input_type(transport: str) -> type:
+    """The message type of a transport."""
+    return Image if transport == "raw" else CompressedImage
+
+
+def make_feedback_subscriptions(node: Node, on_feedback: Callable[[Any], None],
+                                on_detections: Callable[[Any], None],
+                                on_camera_info: Callable[[Any], None],
+                                rgb_topic: str) -> list[Any]:
+    """Subscriptions to ``~/task_feedback``, ``~/detections`` (where vision_msgs is
+    installed) and the colour camera_info (sibling of the resolved ``rgb_topic``)."""
+    group = MutuallyExclusiveCallbackGroup()
+    subs = [node.create_subscription(DiagnosticArray, FEEDBACK_TOPIC, on_feedback,
+                                     _FEEDBACK_QOS, callback_group=group)]
+    if Detection2DArray is not None:  # pragma: no cover - needs vision_msgs
+        subs.append(node.create_subscription(Detection2DArray, DETECTIONS_TOPIC, on_detections,
+                                             _FEEDBACK_QOS, callback_group=group))
+    subs.append(node.create_subscription(CameraInfo, camera_info_topic(rgb_topic),
+                                         on_camera_info, qos_profile_sensor_data,
+                                         callback_group=MutuallyExclusiveCallbackGroup()))
+    return subs
+
+
+def free_device_memory(device: Any, release: bool = False) -> None:
+    """Return cached GPU memory of the torch ``device`` to the driver (after the worker
+    stopped); ``release``: the engine was dropped, collect it first so its tensors go too."""
+    if release:
+        gc.collect()
+    if getattr(device, "type", "") == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
