@@ -22,11 +22,14 @@ A model that cannot be loaded at start (``autostart``) is fatal: the node logs w
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -37,12 +40,14 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.parameter import Parameter
+from rclpy.qos_overriding_options import InvalidQosOverridesError
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
 from ..inference.checkpoint import CheckpointError
 from ..streams.camera_info import CameraInfoData, camera_info_topic, fused_camera_info
+from ..streams.demand import OutputDemand
 from ..streams.detections import DETECTION_TASK, detection_score
 from ..streams.frame_input import FrameConversionError, ReceivedImage, convert_pair, receive
 from ..streams.image_msgs import numpy_to_image, stamp_to_ns
@@ -65,13 +70,14 @@ from ..streams.worker import LatestPairWorker
 from .node_io import (
     FEEDBACK_TOPIC,
     LEVELS,
-    OUT_QOS,
+    QOS_OVERRIDES,
     free_device_memory,
     input_qos,
     input_topic,
     input_type,
     kv,
     make_feedback_subscriptions,
+    output_qos,
     resolve_topic,
 )
 from .parameters import changed_values, declare_parameters
@@ -154,6 +160,21 @@ def _load_engine(s: FusionSettings):
         raise StartupError(f"cannot start the fusion engine: {e}") from None
 
 
+def _transition(method: Callable[..., TransitionCallbackReturn]):
+    """A lifecycle callback whose unexpected exception is logged with its reason and kept
+    in ``transition_error`` (rclpy would turn it into a silent ERROR)."""
+    @functools.wraps(method)
+    def run(self: FusionNode, state: State) -> TransitionCallbackReturn:
+        try:
+            return method(self, state)
+        except Exception as e:
+            self.transition_error = f"{method.__name__[3:]} failed: {type(e).__name__}: " \
+                                    f"{_first_line(e)}"
+            self.get_logger().error(self.transition_error + "\n" + traceback.format_exc())
+            return TransitionCallbackReturn.ERROR
+    return run
+
+
 # ---------------------------------------------------------------------------------- node
 class FusionNode(LifecycleNode):
     """Thermal + colour fusion with task selection, metrics, diagnostics and closed loop.
@@ -216,6 +237,7 @@ class FusionNode(LifecycleNode):
         raise StartupError(reason)
 
     # -------------------------------------------------------------- lifecycle
+    @_transition
     def on_configure(self, state: State) -> TransitionCallbackReturn:
         try:  # everything but the task names before the (slow) model load
             engine = _load_engine(FusionSettings.from_values(self._values))
@@ -230,6 +252,7 @@ class FusionNode(LifecycleNode):
             engine, s, self.get_name(), on_error=self._on_pipeline_error,
             on_info=self.get_logger().info,
         )
+        self.demand = OutputDemand()
         self._outputs["fused"] = self._output_publishers(FUSED_TOPIC)
         for task in s.tasks:
             self._task_publisher(task)
@@ -239,12 +262,19 @@ class FusionNode(LifecycleNode):
         self._warm_up(s)
         return TransitionCallbackReturn.SUCCESS
 
+    @_transition
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         s = self.settings
         self.worker = LatestPairWorker(self._process, name="cldyn-fusion-worker",
                                        on_error=self._on_worker_error)
         self.worker.start()
-        self._make_inputs(s)
+        try:
+            self._make_inputs(s)
+        except (RuntimeError, ValueError, InvalidQosOverridesError) as e:  # a bad override
+            self.transition_error = f"cannot subscribe: {e}"
+            self.get_logger().error(self.transition_error)
+            self._stop_inputs()
+            return TransitionCallbackReturn.FAILURE
         for entity in make_feedback_subscriptions(self, self._on_feedback, self._on_detections,
                                                   self._on_camera_info, self._rgb_base()):
             self._active_entities.append(entity)
@@ -263,14 +293,17 @@ class FusionNode(LifecycleNode):
         )
         return TransitionCallbackReturn.SUCCESS
 
+    @_transition
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
         self._stop_inputs()
         return TransitionCallbackReturn.SUCCESS
 
+    @_transition
     def on_cleanup(self, state: State) -> TransitionCallbackReturn:
         self._release()
         return TransitionCallbackReturn.SUCCESS
 
+    @_transition
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
         self._stop_inputs()
         self._release()
@@ -331,7 +364,7 @@ class FusionNode(LifecycleNode):
         return resolve_topic(self, RGB_TOPIC)
 
     def _make_inputs(self, s: FusionSettings) -> None:
-        qos = input_qos(s.qos_reliability, s.qos_depth)
+        overrides = QOS_OVERRIDES()
         inputs = [(input_topic(self, topic, transport), input_type(transport), role)
                   for topic, transport, role in ((THERMAL_TOPIC, s.thermal_transport, "thermal"),
                                                  (RGB_TOPIC, s.rgb_transport, "color"))]
@@ -340,8 +373,9 @@ class FusionNode(LifecycleNode):
             self._warn("use_message_filters is true but the ROS 2 message_filters package is "
                        "not installed: using the built-in approximate-time pairer")
         elif s.use_message_filters:  # pragma: no cover - needs message_filters (a ROS distro)
-            subs = [message_filters.Subscriber(self, kind, topic, qos_profile=qos,
-                                               callback_group=MutuallyExclusiveCallbackGroup())
+            subs = [message_filters.Subscriber(self, kind, topic, qos_profile=input_qos(),
+                                               callback_group=MutuallyExclusiveCallbackGroup(),
+                                               qos_overriding_options=overrides)
                     for topic, kind, _ in inputs]
             self._synchronizer = message_filters.ApproximateTimeSynchronizer(
                 subs, s.queue_size, s.slop)
@@ -350,8 +384,9 @@ class FusionNode(LifecycleNode):
             return
         for topic, kind, role in inputs:  # each input in its own group: stays in order
             self._active_entities.append(self.create_subscription(
-                kind, topic, partial(self._on_image, role), qos,
-                callback_group=MutuallyExclusiveCallbackGroup()))
+                kind, topic, partial(self._on_image, role), input_qos(),
+                callback_group=MutuallyExclusiveCallbackGroup(),
+                qos_overriding_options=overrides))
 
     def _warn(self, text: str) -> None:
         self.get_logger().warning(text)
@@ -366,6 +401,8 @@ class FusionNode(LifecycleNode):
         return self.pipeline.settings
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        if not any(p.name in PARAMETER_SPECS for p in params):  # rclpy's (use_sim_time, QoS)
+            return SetParametersResult(successful=True)
         with self._lock:
             values = changed_values(self._values, params)
             pipeline = self.pipeline
@@ -432,7 +469,8 @@ class FusionNode(LifecycleNode):
             return
         frame = Frame(stamp_to_ns(msg.header.stamp), image, msg.header.frame_id, arrival)
         for pair in self.pipeline.add(role, frame):
-            worker.submit((pair, time.monotonic_ns()))
+            if self._wanted():
+                worker.submit((pair, time.monotonic_ns()))
 
     def _on_synchronized(self, thermal_msg: Any, color_msg: Any) -> None:  # pragma: no cover
         """message_filters callback (only where it is installed: no test runs it here)."""
@@ -447,7 +485,19 @@ class FusionNode(LifecycleNode):
         t_ns, c_ns = stamp_to_ns(thermal_msg.header.stamp), stamp_to_ns(color_msg.header.stamp)
         pair = Pair(Frame(c_ns, color, color_msg.header.frame_id, arrival),
                     Frame(t_ns, thermal, thermal_msg.header.frame_id, arrival), c_ns - t_ns)
-        worker.submit((pair, arrival))
+        if self._wanted():
+            worker.submit((pair, arrival))
+
+    def _wanted(self) -> bool:
+        """Whether any output has a subscriber (else the pair is skipped and counted)."""
+        with self._lock:
+            pubs = [p for pair in self._outputs.values() for p in pair]
+        subscribed = any(p.get_subscription_count() for p in [*pubs, self._metrics_pub])
+        admitted, changed = self.demand.admit(subscribed)
+        if changed:
+            self.get_logger().info("fusion resumed: an output has a subscriber" if admitted
+                                   else "fusion paused: no subscriber to any output")
+        return admitted
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         try:
@@ -502,8 +552,10 @@ class FusionNode(LifecycleNode):
                        "[0, 1]: use 'auto' or 'percentile' for temperatures")
 
     def _output_publishers(self, image_topic: str) -> tuple[Any, Any]:
-        return (self.create_publisher(Image, image_topic, OUT_QOS),
-                self.create_publisher(CameraInfo, camera_info_topic(image_topic), OUT_QOS))
+        return (self.create_publisher(Image, image_topic, output_qos(),
+                                      qos_overriding_options=QOS_OVERRIDES()),
+                self.create_publisher(CameraInfo, camera_info_topic(image_topic), output_qos(),
+                                      qos_overriding_options=QOS_OVERRIDES()))
 
     def _task_publisher(self, task: str) -> tuple[Any, Any]:
         with self._lock:
@@ -548,8 +600,12 @@ class FusionNode(LifecycleNode):
         pipeline, worker = self.pipeline, self.worker
         if self._closed or pipeline is None:
             return
-        self._publish_diagnostics(pipeline.health_status(
-            self.settings.diagnostics_period, worker.dropped if worker else 0))
+        status = pipeline.health_status(self.settings.diagnostics_period,
+                                        worker.dropped if worker else 0)
+        status.values.extend(self.demand.values())
+        if self.demand.paused and status.level == "OK":
+            status = replace(status, message="paused: no subscriber to any output")
+        self._publish_diagnostics(status)
 
     def _publish_diagnostics(self, status: Status) -> None:
         msg = DiagnosticArray(status=[self._status_msg(status)])

@@ -20,6 +20,7 @@ from rclpy.qos import (
     ReliabilityPolicy,
     qos_profile_sensor_data,
 )
+from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from ..streams.camera_info import camera_info_topic
@@ -30,16 +31,16 @@ except ImportError:  # pragma: no cover - depends on the installation
     Detection2DArray = None
 
 __all__ = [
-    "DETECTIONS_TOPIC", "FEEDBACK_TOPIC", "LEVELS", "OUT_QOS", "Detection2DArray",
-    "free_device_memory", "input_qos", "input_topic", "input_type", "kv",
-    "make_feedback_subscriptions", "resolve_topic",
+    "DETECTIONS_TOPIC", "FEEDBACK_TOPIC", "LEVELS", "QOS_OVERRIDES", "Detection2DArray",
+    "free_device_memory", "input_qos", "input_qos_overrides", "input_topic", "input_type",
+    "kv", "make_feedback_subscriptions", "output_qos", "qos_override_name", "resolve_topic",
+    "ros_args",
 ]
 
 FEEDBACK_TOPIC = "~/task_feedback"
 DETECTIONS_TOPIC = "~/detections"
 LEVELS = {"OK": DiagnosticStatus.OK, "WARN": DiagnosticStatus.WARN,
           "ERROR": DiagnosticStatus.ERROR}
-OUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 # Best effort matches reliable and best-effort publishers alike.
 _FEEDBACK_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
 
@@ -57,17 +58,49 @@ def kv(key: str, value: Any) -> KeyValue:
     return KeyValue(key=key, value=text)
 
 
-def input_qos(reliability: str, depth: int) -> QoSProfile:
-    """The image inputs' QoS: keep-last ``depth``, volatile, best effort or reliable."""
-    return QoSProfile(
-        history=HistoryPolicy.KEEP_LAST,
-        depth=depth,
-        reliability=(
-            ReliabilityPolicy.BEST_EFFORT if reliability == "best_effort"
-            else ReliabilityPolicy.RELIABLE
-        ),
-        durability=DurabilityPolicy.VOLATILE,
-    )
+
+
+def input_qos() -> QoSProfile:
+    """A new input profile (overrides change it in place): sensor data, as camera drivers
+    publish (best effort, keep last 5, volatile)."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
+                      reliability=ReliabilityPolicy.BEST_EFFORT,
+                      durability=DurabilityPolicy.VOLATILE)
+
+
+def output_qos() -> QoSProfile:
+    """A new output profile: reliable, keep last 5."""
+    return QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+
+
+#: Input and output QoS are overridable per topic through parameters
+#: ``qos_overrides.<topic>.subscription|publisher.<history|depth|reliability>`` (read-only).
+QOS_OVERRIDES = QoSOverridingOptions.with_default_policies
+
+
+def qos_override_name(topic: str, entity: str, policy: str) -> str:
+    """The parameter that overrides ``policy`` of the ``subscription`` or ``publisher`` on
+    the fully qualified ``topic`` (rclpy's ``QoSOverridingOptions`` naming)."""
+    return f"qos_overrides.{topic}.{entity}.{policy}"
+
+
+def input_qos_overrides(reliability: str, depth: int, namespace: str = "",
+                        transports: tuple[str, str] = ("raw", "raw")) -> dict[str, Any]:
+    """Parameter overrides giving both image inputs of a node in ``namespace`` this
+    ``reliability`` (``best_effort`` or ``reliable``) and keep-last ``depth`` (tools and
+    tests that must not lose frames use reliable and deep queues)."""
+    ns = namespace.rstrip("/")
+    out: dict[str, Any] = {}
+    for base, transport in zip(("thermal/image", "rgb/image"), transports, strict=True):
+        topic = f"{ns}/{base}" + ("" if transport == "raw" else f"/{transport}")
+        out[qos_override_name(topic, "subscription", "reliability")] = reliability
+        out[qos_override_name(topic, "subscription", "depth")] = int(depth)
+    return out
+
+
+def ros_args(params: dict[str, Any]) -> list[str]:
+    """``["-p", "name:=value", ...]`` for a ``--ros-args`` command line."""
+    return [a for k, v in params.items() for a in ("-p", f"{k}:={v}")]
 
 
 def resolve_topic(node: Node, topic: str) -> str:

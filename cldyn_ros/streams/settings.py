@@ -185,12 +185,6 @@ class FusionSettings:
         "(sensor_msgs/CompressedImage on the resolved rgb/image topic + /compressed)",
         choices=TRANSPORTS, read_only=True,
         table="as `thermal_transport`, for `rgb/image`")
-    # --- input QoS (read-only)
-    qos_reliability: str = setting(
-        "best_effort", "reliability of the input subscriptions (best_effort = sensor-data "
-        "QoS)", choices=RELIABILITIES, read_only=True)
-    qos_depth: int = setting(5, "history depth of the input subscriptions", low=1, high=1000,
-                             read_only=True)
     # --- output
     output_encoding: str = setting("rgb8", "encoding of the fused images",
                                    choices=OUTPUT_ENCODINGS)

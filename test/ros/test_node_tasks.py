@@ -107,7 +107,10 @@ def test_declared_parameters_match_the_table(ros, model_path):
     node = ros.fusion_node(model_path)
     declared = set(node._parameters)
     assert set(PARAMETER_SPECS) <= declared
-    assert declared - set(PARAMETER_SPECS) <= {"use_sim_time", "start_type_description_service"}
+    others = {p for p in declared - set(PARAMETER_SPECS) if not p.startswith("qos_overrides.")}
+    assert others <= {"use_sim_time", "start_type_description_service"}
+    assert {"qos_overrides./thermal/image.subscription.reliability",
+            "qos_overrides./fused/image.publisher.depth"} <= declared  # rclpy's QoS overrides
     for spec in PARAMETER_SPECS.values():
         descriptor = node.describe_parameter(spec.name)
         assert descriptor.description == spec.description

@@ -126,6 +126,7 @@ def test_compressed_bag_through_the_live_node_matches_eval_bag(tmp_path: Path) -
     from cldyn_ros.offline.bag_eval import BagEvalSettings, evaluate_bag
     from cldyn_ros.offline.bags import read_images
     from cldyn_ros.ros.node import ready_service, wait_for_service
+    from cldyn_ros.ros.node_io import input_qos_overrides, ros_args
     from cldyn_ros.ros.replay import ReplaySettings, replay_bag
     from cldyn_ros.streams.camera_info import CameraInfoData, pinhole_camera_info
 
@@ -139,7 +140,8 @@ def test_compressed_bag_through_the_live_node_matches_eval_bag(tmp_path: Path) -
     cmd = [sys.executable, "-m", "cldyn_ros.ros.node", "--ros-args",
            "-p", f"model_path:={model}", "-p", "threads:=1", "-p", "tasks:=['none']",
            "-p", "thermal_transport:=compressed", "-p", "rgb_transport:=compressed",
-           "-p", "qos_reliability:=reliable", "-p", "qos_depth:=50"]
+           *ros_args(input_qos_overrides("reliable", 50, transports=("compressed",
+                                                                    "compressed")))]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     log = tmp_path / "node.log"
     with open(log, "w") as out:
