@@ -46,9 +46,9 @@ from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
 from ..inference.checkpoint import CheckpointError
-from ..streams.camera_info import CameraInfoData, camera_info_topic, fused_camera_info
+from ..streams.camera_info import CameraInfoData, fused_camera_info
 from ..streams.demand import OutputDemand
-from ..streams.detections import DETECTION_TASK, detection_score
+from ..streams.detections import detection_feedback
 from ..streams.frame_input import FrameConversionError, ReceivedImage, convert_pair, receive
 from ..streams.image_msgs import numpy_to_image, stamp_to_ns
 from ..streams.pairing import Frame, Pair
@@ -69,23 +69,16 @@ from ..streams.settings import (
 from ..streams.worker import LatestPairWorker
 from .node_io import (
     FEEDBACK_TOPIC,
+    HAVE_MESSAGE_FILTERS,
     LEVELS,
-    QOS_OVERRIDES,
     free_device_memory,
-    input_qos,
-    input_topic,
-    input_type,
     kv,
     make_feedback_subscriptions,
-    output_qos,
+    make_image_inputs,
+    output_publishers,
     resolve_topic,
 )
 from .parameters import changed_values, declare_parameters
-
-try:  # ROS 2 message_filters: optional (not installable from PyPI)
-    import message_filters
-except ImportError:  # pragma: no cover - depends on the installation
-    message_filters = None
 
 __all__ = [
     "BUILTIN_PARAMETERS", "FUSED_TOPIC", "NODE_NAME", "OUTPUT_ENCODINGS", "PARAMETERS",
@@ -181,28 +174,12 @@ class FusionNode(LifecycleNode):
 
     A lifecycle node: *configure* loads the model and warms up, *activate* subscribes and
     starts the fusion worker, *deactivate* stops both and frees cached GPU memory,
-    *cleanup* releases the model. With ``autostart`` (the default) the constructor runs
-    configure and activate, so a plain ``ros2 run`` serves at once.
-
-    Topics (relative names follow the namespace and can be remapped):
-
-    - in: ``thermal/image`` and ``rgb/image`` (``sensor_msgs/Image`` in any of
-      ``THERMAL_INPUT_ENCODINGS`` / ``COLOR_INPUT_ENCODINGS``), or with the ``compressed``
-      transport ``CompressedImage`` on ``<resolved topic>/compressed``; optional
-      ``rgb/camera_info`` (the sibling of the colour topic)
-    - out: ``fused/image`` or ``fused/<task>/image`` per task when ``tasks`` is set
-      (header of the colour frame), each with its ``.../camera_info`` once a colour
-      camera_info arrived; ``~/metrics`` and ``/diagnostics``
-    - feedback in: ``~/task_feedback``: ``DiagnosticArray`` whose header stamp is the stamp of
-      the fused frame scored; statuses named after a task with a ``score`` value (higher is
-      better); where vision_msgs is installed also ``~/detections``
-      (``Detection2DArray``, scored for the task ``detection``).
-    - services ``~/select_task/<task>`` (std_srvs/Trigger) for every task and ``none``,
-      while active (created last: their appearance tells tools the node is ready).
+    *cleanup* releases the model; ``autostart`` (default) runs configure and activate in
+    the constructor. Topics, parameters and services: the README's node section.
 
     Raises:
-        StartupError: with ``autostart``, the model cannot be loaded or a parameter is
-            invalid.
+        StartupError: with ``autostart``, the model cannot be loaded or a parameter or QoS
+            override is invalid.
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -253,7 +230,7 @@ class FusionNode(LifecycleNode):
             on_info=self.get_logger().info,
         )
         self.demand = OutputDemand()
-        self._outputs["fused"] = self._output_publishers(FUSED_TOPIC)
+        self._outputs["fused"] = output_publishers(self, FUSED_TOPIC)
         for task in s.tasks:
             self._task_publisher(task)
         self._metrics_pub = self.create_publisher(DiagnosticArray, METRICS_TOPIC, 10)
@@ -347,46 +324,30 @@ class FusionNode(LifecycleNode):
     # ------------------------------------------------------------------ set-up
     def _warm_up(self, s: FusionSettings) -> None:
         """Fuse one blank frame of the configured warm-up size with the start requests."""
-        width, height = s.warmup_width, s.warmup_height
-        if not (width and height):
+        if not (s.warmup_width and s.warmup_height):
             return
         started = time.monotonic()
         try:
-            self.engine.warm_up(height, width, self.pipeline.requests(s, {}))
+            self.engine.warm_up(s.warmup_height, s.warmup_width, self.pipeline.requests(s, {}))
         except RuntimeError as e:  # out of memory at this size: serve anyway, say so
-            self._warn(f"warm-up at {width}x{height} failed: {_first_line(e)}")
+            self._warn(f"warm-up at {s.warmup_width}x{s.warmup_height} failed: "
+                       f"{_first_line(e)}")
             return
-        self.get_logger().info(
-            f"warmed up at {width}x{height} in {time.monotonic() - started:.2f} s"
-        )
+        self.get_logger().info(f"warmed up at {s.warmup_width}x{s.warmup_height} in "
+                               f"{time.monotonic() - started:.2f} s")
 
     def _rgb_base(self) -> str:
         return resolve_topic(self, RGB_TOPIC)
 
     def _make_inputs(self, s: FusionSettings) -> None:
-        overrides = QOS_OVERRIDES()
-        inputs = [(input_topic(self, topic, transport), input_type(transport), role)
-                  for topic, transport, role in ((THERMAL_TOPIC, s.thermal_transport, "thermal"),
-                                                 (RGB_TOPIC, s.rgb_transport, "color"))]
-        self._synchronizer = None
-        if s.use_message_filters and message_filters is None:
+        if s.use_message_filters and not HAVE_MESSAGE_FILTERS:
             self._warn("use_message_filters is true but the ROS 2 message_filters package is "
                        "not installed: using the built-in approximate-time pairer")
-        elif s.use_message_filters:  # pragma: no cover - needs message_filters (a ROS distro)
-            subs = [message_filters.Subscriber(self, kind, topic, qos_profile=input_qos(),
-                                               callback_group=MutuallyExclusiveCallbackGroup(),
-                                               qos_overriding_options=overrides)
-                    for topic, kind, _ in inputs]
-            self._synchronizer = message_filters.ApproximateTimeSynchronizer(
-                subs, s.queue_size, s.slop)
-            self._synchronizer.registerCallback(self._on_synchronized)
-            self._active_entities += subs
-            return
-        for topic, kind, role in inputs:  # each input in its own group: stays in order
-            self._active_entities.append(self.create_subscription(
-                kind, topic, partial(self._on_image, role), input_qos(),
-                callback_group=MutuallyExclusiveCallbackGroup(),
-                qos_overriding_options=overrides))
+        topics = {"thermal": (THERMAL_TOPIC, s.thermal_transport),
+                  "color": (RGB_TOPIC, s.rgb_transport)}
+        subs, self._synchronizer = make_image_inputs(self, s, topics, self._on_image,
+                                                     self._on_synchronized)
+        self._active_entities += subs
 
     def _warn(self, text: str) -> None:
         self.get_logger().warning(text)
@@ -551,17 +512,11 @@ class FusionNode(LifecycleNode):
             self._warn("float (32FC1) thermal frames with thermal_mode 'fixed' are clipped to "
                        "[0, 1]: use 'auto' or 'percentile' for temperatures")
 
-    def _output_publishers(self, image_topic: str) -> tuple[Any, Any]:
-        return (self.create_publisher(Image, image_topic, output_qos(),
-                                      qos_overriding_options=QOS_OVERRIDES()),
-                self.create_publisher(CameraInfo, camera_info_topic(image_topic), output_qos(),
-                                      qos_overriding_options=QOS_OVERRIDES()))
-
     def _task_publisher(self, task: str) -> tuple[Any, Any]:
         with self._lock:
             pubs = self._outputs.get(f"task:{task}")
             if pubs is None:
-                pubs = self._output_publishers(TASK_TOPIC.format(task=task))
+                pubs = output_publishers(self, TASK_TOPIC.format(task=task))
                 self._outputs[f"task:{task}"] = pubs
             return pubs
 
@@ -575,12 +530,7 @@ class FusionNode(LifecycleNode):
             (st.name, [(kv.key, kv.value) for kv in st.values]) for st in msg.status])
 
     def _on_detections(self, msg: Any) -> None:
-        try:
-            score = repr(detection_score(msg))
-        except (ValueError, TypeError, AttributeError):
-            score = "nan"  # counted as invalid feedback
-        self.pipeline.feedback(stamp_to_ns(msg.header.stamp),
-                               [(DETECTION_TASK, [("score", score)])])
+        self.pipeline.feedback(stamp_to_ns(msg.header.stamp), detection_feedback(msg))
 
     # ------------------------------------------------------------------ health
     def _on_pipeline_error(self, reason: str, report_now: bool) -> None:

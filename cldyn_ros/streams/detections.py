@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["DETECTION_TASK", "detection_score"]
+__all__ = ["DETECTION_TASK", "detection_feedback", "detection_score"]
 
 #: The task whose controller detector feedback drives.
 DETECTION_TASK = "detection"
@@ -38,3 +38,15 @@ def detection_score(msg: Any) -> float:
             raise ValueError(f"detection hypothesis score is not finite: {scores}")
         best.append(max(scores, default=0.0))
     return sum(best) / len(best) if best else 0.0
+
+
+def detection_feedback(msg: Any) -> list[tuple[str, list[tuple[str, str]]]]:
+    """The message as feedback statuses for :meth:`FramePipeline.feedback
+    <cldyn_ros.streams.pipeline.FramePipeline.feedback>`: the task :data:`DETECTION_TASK`
+    with its score (``nan`` for a message that cannot be scored, which the pipeline counts
+    as invalid feedback)."""
+    try:
+        score = repr(detection_score(msg))
+    except (ValueError, TypeError, AttributeError):
+        score = "nan"
+    return [(DETECTION_TASK, [("score", score)])]
