@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..streams.settings import add_option
+from ..streams.settings import RELIABILITIES, add_option
 from ..tools.bench import PATHS
 
 
@@ -113,8 +113,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_option(node, "device")
     add_option(node, "precision")
     node.add_argument("--task", default="", help="node task (default: the node's)")
-    add_option(node, "qos_reliability", "--qos",
-               help_note="also the reliability of the benchmark's publishers")
+    node.add_argument("--qos", dest="qos_reliability", choices=RELIABILITIES,
+                      default="best_effort", help="reliability of the node's image inputs "
+                      "(its qos_overrides parameters) and of the benchmark's publishers "
+                      "(default best_effort: sensor-data QoS)")
     node.add_argument("--out", type=Path, default=None,
                       help="folder for bench_node.json, bench_node.md and node.log (default "
                       "./bench_node; flood/soak: ./bench_node_flood, ./bench_node_soak; git "

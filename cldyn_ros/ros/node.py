@@ -1,57 +1,58 @@
-"""The ROS 2 fusion node ``cldyn_fusion`` (executable ``fusion_node``).
+"""The ROS 2 fusion node ``cldyn_fusion`` (executable ``fusion_node``), a lifecycle node.
 
 Wiring only: ROS messages in and out of the ROS-free frame pipeline
 (:class:`~cldyn_ros.streams.pipeline.FramePipeline`), which bag evaluation runs too::
 
-    thermal/image ─┐  image_msgs.image_to_numpy   FramePipeline.add
-                   ├─> (zero-copy views) ───────> (pairing, time-jump reset) ─┐
-    rgb/image ─────┘                                                         v
-    fused/image  <── FramePipeline.fuse / finish <── LatestPairWorker (newest pair only)
-    fused/<task>/image, ~/metrics, /diagnostics
+    thermal/image[/compressed] ─┐ frame_input.receive   FramePipeline.add
+                                ├─> (raw: checked view) ─> (pairing, time-jump reset) ─┐
+    rgb/image[/compressed] ─────┘                                                    v
+    fused/image + camera_info <── FramePipeline.fuse <── frame_input.convert_pair <── worker
+    fused/<task>/image, ~/metrics, /diagnostics                   (newest pair only)
 
-Subscription callbacks only convert and pair (never block); inference runs in one worker
-thread on the newest pair, older waiting pairs are dropped and counted, so latency stays one
-fusion step under overload. Parameters are declared from the settings schema
+Subscription callbacks only check and pair (never block); decoding and inference run in one
+worker thread on the newest pair, older waiting pairs are dropped and counted, so latency
+stays one fusion step under overload. Parameters are declared from the settings schema
 (:mod:`cldyn_ros.streams.settings`), validated by it and take effect from the next frame.
 Downstream nodes close the loop through ``~/task_feedback`` (see :class:`FusionNode`).
 
-A model that cannot be loaded at start is fatal: the node logs why and ``main`` returns 1.
+A model that cannot be loaded at start (``autostart``) is fatal: the node logs why and
+``main`` returns 1; without ``autostart`` the configure transition fails and says why.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image
+from rclpy.qos_overriding_options import InvalidQosOverridesError
+from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
 from ..inference.checkpoint import CheckpointError
-from ..streams.image_msgs import (
-    COLOR_ENCODINGS,
-    THERMAL_ENCODINGS,
-    ImageMessageError,
-    image_to_numpy,
-    numpy_to_image,
-    stamp_to_ns,
-)
+from ..streams.camera_info import CameraInfoData, fused_camera_info
+from ..streams.demand import OutputDemand
+from ..streams.detections import detection_feedback
+from ..streams.frame_input import FrameConversionError, ReceivedImage, convert_pair, receive
+from ..streams.image_msgs import numpy_to_image, stamp_to_ns
 from ..streams.pairing import Frame, Pair
-from ..streams.pipeline import FramePipeline, InputImage, Status, engine_from_settings
+from ..streams.pipeline import FramePipeline, Status, engine_from_settings
 from ..streams.settings import (
     BUILTIN_PARAMETERS,
     OUTPUT_ENCODINGS,
@@ -66,6 +67,17 @@ from ..streams.settings import (
     settings_from_values,
 )
 from ..streams.worker import LatestPairWorker
+from .node_io import (
+    FEEDBACK_TOPIC,
+    HAVE_MESSAGE_FILTERS,
+    LEVELS,
+    free_device_memory,
+    kv,
+    make_feedback_subscriptions,
+    make_image_inputs,
+    output_publishers,
+    resolve_topic,
+)
 from .parameters import changed_values, declare_parameters
 
 __all__ = [
@@ -83,7 +95,6 @@ RGB_TOPIC = "rgb/image"
 FUSED_TOPIC = "fused/image"
 TASK_TOPIC = "fused/{task}/image"
 METRICS_TOPIC = "~/metrics"
-FEEDBACK_TOPIC = "~/task_feedback"
 DIAGNOSTICS_TOPIC = "/diagnostics"
 SELECT_TASK_SERVICE = "~/select_task/{task}"
 #: Created last at start (every model has the task ``none``): once it is in the ROS graph,
@@ -91,9 +102,6 @@ SELECT_TASK_SERVICE = "~/select_task/{task}"
 READY_SERVICE = SELECT_TASK_SERVICE.format(task="none")
 #: Every topic name a launch file may remap.
 TOPICS = (THERMAL_TOPIC, RGB_TOPIC, FUSED_TOPIC, METRICS_TOPIC, FEEDBACK_TOPIC, DIAGNOSTICS_TOPIC)
-LEVELS = {"OK": DiagnosticStatus.OK, "WARN": DiagnosticStatus.WARN,
-          "ERROR": DiagnosticStatus.ERROR}
-_OUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 
 
 def ready_service(namespace: str = "", node_name: str = NODE_NAME) -> str:
@@ -122,30 +130,6 @@ class StartupError(RuntimeError):
     """The node cannot start (model, device or parameters); the message says why."""
 
 
-def _kv(key: str, value: Any) -> KeyValue:
-    if isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, float):
-        text = f"{value:.6g}"
-    elif value is None:
-        text = ""
-    else:
-        text = str(value)
-    return KeyValue(key=key, value=text)
-
-
-def _input_qos(reliability: str, depth: int) -> QoSProfile:
-    return QoSProfile(
-        history=HistoryPolicy.KEEP_LAST,
-        depth=depth,
-        reliability=(
-            ReliabilityPolicy.BEST_EFFORT if reliability == "best_effort"
-            else ReliabilityPolicy.RELIABLE
-        ),
-        durability=DurabilityPolicy.VOLATILE,
-    )
-
-
 def _first_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
@@ -169,80 +153,114 @@ def _load_engine(s: FusionSettings):
         raise StartupError(f"cannot start the fusion engine: {e}") from None
 
 
+def _transition(method: Callable[..., TransitionCallbackReturn]):
+    """A lifecycle callback whose unexpected exception is logged with its reason and kept
+    in ``transition_error`` (rclpy would turn it into a silent ERROR)."""
+    @functools.wraps(method)
+    def run(self: FusionNode, state: State) -> TransitionCallbackReturn:
+        try:
+            return method(self, state)
+        except Exception as e:
+            self.transition_error = f"{method.__name__[3:]} failed: {type(e).__name__}: " \
+                                    f"{_first_line(e)}"
+            self.get_logger().error(self.transition_error + "\n" + traceback.format_exc())
+            return TransitionCallbackReturn.ERROR
+    return run
+
+
 # ---------------------------------------------------------------------------------- node
-class FusionNode(Node):
+class FusionNode(LifecycleNode):
     """Thermal + colour fusion with task selection, metrics, diagnostics and closed loop.
 
-    Topics (relative names follow the namespace and can be remapped):
-
-    - in: ``thermal/image`` (mono8, mono16, 16UC1, 8UC1), ``rgb/image`` (rgb8, bgr8)
-    - out: ``fused/image`` or ``fused/<task>/image`` per task when ``tasks`` is set
-      (header of the colour frame); ``~/metrics`` and ``/diagnostics``
-      (``diagnostic_msgs/DiagnosticArray``)
-    - feedback in: ``~/task_feedback``: ``DiagnosticArray`` whose header stamp is the stamp of
-      the fused frame scored; statuses named after a task with a ``score`` value (higher is
-      better), fed to :meth:`FramePipeline.feedback`.
-    - services ``~/select_task/<task>`` (std_srvs/Trigger) for every task and ``none``.
+    A lifecycle node: *configure* loads the model and warms up, *activate* subscribes and
+    starts the fusion worker, *deactivate* stops both and frees cached GPU memory,
+    *cleanup* releases the model; ``autostart`` (default) runs configure and activate in
+    the constructor. Topics, parameters and services: the README's node section.
 
     Raises:
-        StartupError: the model cannot be loaded or a parameter is invalid.
+        StartupError: with ``autostart``, the model cannot be loaded or a parameter or QoS
+            override is invalid.
     """
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
-        self._closed = False
-        try:
-            self._setup()
-        except BaseException:
-            self._closed = True
-            super().destroy_node()
-            raise
-
-    def _setup(self) -> None:
         self._lock = threading.RLock()  # parameter values, task publishers
         self._publish_lock = threading.Lock()
+        self._closed = False
+        self.engine: Any = None
+        self.pipeline: Any = None
+        self.worker: LatestPairWorker[tuple[Pair, int]] | None = None
+        self._timer: Any = None
+        self._outputs: dict[str, tuple[Any, Any]] = {}  # label -> (image, camera_info) pubs
+        self._active_entities: list[Any] = []  # subscriptions and services while active
+        self._color_info: CameraInfoData | None = None
+        self._synchronizer: Any = None  # message_filters, where used
+        self._float_warned = False
+        self.transition_error = ""
         try:
             self._values = declare_parameters(self)
         except ValueError as e:
-            raise StartupError(str(e)) from None
+            self._fail_start(str(e))
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
+        if self._values["autostart"]:
+            for trigger in (self.trigger_configure, self.trigger_activate):
+                if trigger() != TransitionCallbackReturn.SUCCESS:
+                    self._fail_start(self.transition_error or "the start transitions failed")
+
+    def _fail_start(self, reason: str) -> None:
+        self._closed = True
+        super().destroy_node()
+        raise StartupError(reason)
+
+    # -------------------------------------------------------------- lifecycle
+    @_transition
+    def on_configure(self, state: State) -> TransitionCallbackReturn:
         try:  # everything but the task names before the (slow) model load
-            self.engine = _load_engine(FusionSettings.from_values(self._values))
-        except ValueError as e:
-            raise StartupError(f"invalid parameter: {e}") from None
-        try:
-            s = FusionSettings.from_values(self._values, self.engine.task_names)
-        except ValueError as e:
-            raise StartupError(f"invalid parameter: {e}") from None
+            engine = _load_engine(FusionSettings.from_values(self._values))
+            s = FusionSettings.from_values(self._values, engine.task_names)
+        except (StartupError, ValueError) as e:
+            self.transition_error = str(e) if isinstance(e, StartupError) \
+                else f"invalid parameter: {e}"
+            self.get_logger().error(f"cannot configure: {self.transition_error}")
+            return TransitionCallbackReturn.FAILURE
+        self.engine = engine
         self.pipeline = FramePipeline(
-            self.engine, s, self.get_name(), on_error=self._on_pipeline_error,
+            engine, s, self.get_name(), on_error=self._on_pipeline_error,
             on_info=self.get_logger().info,
         )
-        groups = {k: MutuallyExclusiveCallbackGroup()  # each input stays in order
-                  for k in ("thermal", "color", "feedback", "timer")}
-        self._fused_pub = self.create_publisher(Image, FUSED_TOPIC, _OUT_QOS)
-        self._task_pubs: dict[str, Any] = {}
+        self.demand = OutputDemand()
+        self._outputs["fused"] = output_publishers(self, FUSED_TOPIC)
         for task in s.tasks:
             self._task_publisher(task)
         self._metrics_pub = self.create_publisher(DiagnosticArray, METRICS_TOPIC, 10)
-        self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
-        self.worker: LatestPairWorker[tuple[Pair, int]] = LatestPairWorker(
-            self._process, name="cldyn-fusion-worker", on_error=self._on_worker_error
-        )
-        self._make_inputs(s, groups)
-        self.create_subscription(DiagnosticArray, FEEDBACK_TOPIC, self._on_feedback, 10,
-                                 callback_group=groups["feedback"])
-        self.add_on_set_parameters_callback(self._on_set_parameters)
         self._timer = self.create_timer(s.diagnostics_period, self._on_timer,
-                                        callback_group=groups["timer"])
+                                        callback_group=MutuallyExclusiveCallbackGroup())
         self._warm_up(s)
+        return TransitionCallbackReturn.SUCCESS
+
+    @_transition
+    def on_activate(self, state: State) -> TransitionCallbackReturn:
+        s = self.settings
+        self.worker = LatestPairWorker(self._process, name="cldyn-fusion-worker",
+                                       on_error=self._on_worker_error)
         self.worker.start()
+        try:
+            self._make_inputs(s)
+        except (RuntimeError, ValueError, InvalidQosOverridesError) as e:  # a bad override
+            self.transition_error = f"cannot subscribe: {e}"
+            self.get_logger().error(self.transition_error)
+            self._stop_inputs()
+            return TransitionCallbackReturn.FAILURE
+        for entity in make_feedback_subscriptions(self, self._on_feedback, self._on_detections,
+                                                  self._on_camera_info, self._rgb_base()):
+            self._active_entities.append(entity)
         # Last: the services' appearance in the ROS graph tells tools the node is ready.
-        self._select_services = []
         for task in self.engine.task_names:
             if not TASK_TOKEN.fullmatch(task):
                 self._warn(f"task '{task}' cannot name a service: no select_task service")
                 continue
-            self._select_services.append(self.create_service(
+            self._active_entities.append(self.create_service(
                 Trigger, SELECT_TASK_SERVICE.format(task=task), partial(self._on_select_task, task)
             ))
         self.get_logger().info(
@@ -250,49 +268,126 @@ class FusionNode(Node):
             f"(precision {self.engine.precision}); tasks {self.engine.task_names}; "
             f"output {s.active_label}"
         )
+        return TransitionCallbackReturn.SUCCESS
+
+    @_transition
+    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        self._stop_inputs()
+        return TransitionCallbackReturn.SUCCESS
+
+    @_transition
+    def on_cleanup(self, state: State) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    @_transition
+    def on_shutdown(self, state: State) -> TransitionCallbackReturn:
+        self._stop_inputs()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: State) -> TransitionCallbackReturn:
+        self.get_logger().error(f"a transition failed in state '{state.label}': resetting")
+        self._stop_inputs()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_inputs(self) -> None:
+        """Deactivate: no more input, the worker finishes its frame, cached GPU memory freed."""
+        for entity in self._active_entities:
+            destroy = (self.destroy_service if hasattr(entity, "srv_type")
+                       else self.destroy_subscription)
+            destroy(getattr(entity, "sub", entity))  # message_filters wraps a subscription
+        self._active_entities.clear()
+        self._synchronizer = None
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
+        free_device_memory(getattr(self.engine, "device", None))
+
+    def _release(self) -> None:
+        """Cleanup: publishers, timer, pipeline and model released."""
+        if self._timer is not None:
+            self.destroy_timer(self._timer)
+            self._timer = None
+        with self._lock:
+            for pubs in self._outputs.values():
+                for pub in pubs:
+                    self.destroy_publisher(pub)
+            self._outputs.clear()
+        if self.pipeline is not None:
+            self.destroy_publisher(self._metrics_pub)
+        device = getattr(self.engine, "device", None)
+        self.engine, self.pipeline, self._color_info = None, None, None
+        free_device_memory(device, release=True)
 
     # ------------------------------------------------------------------ set-up
     def _warm_up(self, s: FusionSettings) -> None:
         """Fuse one blank frame of the configured warm-up size with the start requests."""
-        width, height = s.warmup_width, s.warmup_height
-        if not (width and height):
+        if not (s.warmup_width and s.warmup_height):
             return
         started = time.monotonic()
         try:
-            self.engine.warm_up(height, width, self.pipeline.requests(s, {}))
+            self.engine.warm_up(s.warmup_height, s.warmup_width, self.pipeline.requests(s, {}))
         except RuntimeError as e:  # out of memory at this size: serve anyway, say so
-            self._warn(f"warm-up at {width}x{height} failed: {_first_line(e)}")
+            self._warn(f"warm-up at {s.warmup_width}x{s.warmup_height} failed: "
+                       f"{_first_line(e)}")
             return
-        self.get_logger().info(
-            f"warmed up at {width}x{height} in {time.monotonic() - started:.2f} s"
-        )
+        self.get_logger().info(f"warmed up at {s.warmup_width}x{s.warmup_height} in "
+                               f"{time.monotonic() - started:.2f} s")
 
-    def _make_inputs(self, s: FusionSettings, groups: dict[str, Any]) -> None:
-        qos = _input_qos(s.qos_reliability, s.qos_depth)
-        for topic, role in ((THERMAL_TOPIC, "thermal"), (RGB_TOPIC, "color")):
-            self.create_subscription(Image, topic, partial(self._on_image, role), qos,
-                                     callback_group=groups[role])
+    def _rgb_base(self) -> str:
+        return resolve_topic(self, RGB_TOPIC)
+
+    def _make_inputs(self, s: FusionSettings) -> None:
+        if s.use_message_filters and not HAVE_MESSAGE_FILTERS:
+            self._warn("use_message_filters is true but the ROS 2 message_filters package is "
+                       "not installed: using the built-in approximate-time pairer")
+        topics = {"thermal": (THERMAL_TOPIC, s.thermal_transport),
+                  "color": (RGB_TOPIC, s.rgb_transport)}
+        subs, self._synchronizer = make_image_inputs(self, s, topics, self._on_image,
+                                                     self._on_synchronized)
+        self._active_entities += subs
 
     def _warn(self, text: str) -> None:
         self.get_logger().warning(text)
-        self.pipeline.warnings.append(text)
+        if self.pipeline is not None:
+            self.pipeline.warnings.append(text)
 
     # -------------------------------------------------------------- parameters
     @property
     def settings(self) -> FusionSettings:
+        if self.pipeline is None:
+            return FusionSettings.from_values(self._values)
         return self.pipeline.settings
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        if not any(p.name in PARAMETER_SPECS for p in params):  # rclpy's (use_sim_time, QoS)
+            return SetParametersResult(successful=True)
         with self._lock:
             values = changed_values(self._values, params)
+            pipeline = self.pipeline
             try:
-                settings = FusionSettings.from_values(values, self.engine.task_names)
+                settings = FusionSettings.from_values(
+                    values, None if pipeline is None else self.engine.task_names)
             except ValueError as e:
-                self.pipeline.rejections.add("parameters")
+                if pipeline is not None:
+                    pipeline.rejections.add("parameters")
                 return SetParametersResult(successful=False, reason=str(e))
-            old = self.pipeline.settings
+            if pipeline is None:  # not configured: checked again at configure
+                self._values = values
+                return SetParametersResult(successful=True)
+            old = pipeline.settings
+            if self._synchronizer is not None and (
+                (settings.slop, settings.queue_size) != (old.slop, old.queue_size)
+            ):
+                pipeline.rejections.add("parameters")
+                return SetParametersResult(
+                    successful=False,
+                    reason="slop and queue_size are fixed while use_message_filters is on",
+                )
             self._values = values
-            self.pipeline.update(settings)
+            pipeline.update(settings)
             for task in settings.tasks:  # subscribers can connect before the first frame
                 self._task_publisher(task)
         if settings.active_label != old.active_label:
@@ -317,64 +412,113 @@ class FusionNode(Node):
         return response
 
     # ------------------------------------------------------------------ inputs
-    def _convert(self, role: str, msg: Image) -> InputImage | None:
-        allowed = THERMAL_ENCODINGS if role == "thermal" else COLOR_ENCODINGS
-        name = "thermal" if role == "thermal" else "colour"
-        if msg.encoding not in allowed:
-            self.pipeline.error("input", f"{name} image rejected: encoding '{msg.encoding}' "
-                                f"is not one of {list(allowed)}", f"{name}_encoding")
-            return None
+    def _receive(self, role: str, msg: Any) -> ReceivedImage | None:
         try:
-            return InputImage(image_to_numpy(msg), msg.encoding, msg.header)
-        except ImageMessageError as e:
-            self.pipeline.error("input", f"{name} image rejected: {e}", f"{name}_{e.kind}")
+            return receive(role, msg)
+        except FrameConversionError as e:
+            self.pipeline.error("input", str(e), e.cause)
             return None
 
-    def _on_image(self, role: str, msg: Image) -> None:
-        if self._closed:
+    def _on_image(self, role: str, msg: Any) -> None:
+        worker = self.worker
+        if self._closed or worker is None:
             return
         arrival = time.monotonic_ns()
         self.pipeline.received()
-        image = self._convert(role, msg)
+        image = self._receive(role, msg)
         if image is None:
             return
         frame = Frame(stamp_to_ns(msg.header.stamp), image, msg.header.frame_id, arrival)
         for pair in self.pipeline.add(role, frame):
-            self.worker.submit((pair, time.monotonic_ns()))
+            if self._wanted():
+                worker.submit((pair, time.monotonic_ns()))
+
+    def _on_synchronized(self, thermal_msg: Any, color_msg: Any) -> None:  # pragma: no cover
+        """message_filters callback (only where it is installed: no test runs it here)."""
+        worker = self.worker
+        if self._closed or worker is None:
+            return
+        arrival = time.monotonic_ns()
+        self.pipeline.received(2)
+        thermal, color = self._receive("thermal", thermal_msg), self._receive("color", color_msg)
+        if thermal is None or color is None:
+            return
+        t_ns, c_ns = stamp_to_ns(thermal_msg.header.stamp), stamp_to_ns(color_msg.header.stamp)
+        pair = Pair(Frame(c_ns, color, color_msg.header.frame_id, arrival),
+                    Frame(t_ns, thermal, thermal_msg.header.frame_id, arrival), c_ns - t_ns)
+        if self._wanted():
+            worker.submit((pair, arrival))
+
+    def _wanted(self) -> bool:
+        """Whether any output has a subscriber (else the pair is skipped and counted)."""
+        with self._lock:
+            pubs = [p for pair in self._outputs.values() for p in pair]
+        subscribed = any(p.get_subscription_count() for p in [*pubs, self._metrics_pub])
+        admitted, changed = self.demand.admit(subscribed)
+        if changed:
+            self.get_logger().info("fusion resumed: an output has a subscriber" if admitted
+                                   else "fusion paused: no subscriber to any output")
+        return admitted
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        try:
+            self._color_info = CameraInfoData.from_message(msg)
+        except ValueError as e:
+            self.pipeline.error("input", f"colour camera_info rejected: {e}", "camera_info")
 
     # ------------------------------------------------------------------ fusion
     def _process(self, item: tuple[Pair, int]) -> None:
-        """Worker thread: fuse one pair and publish images, metrics and health."""
-        pair, decided = item
-        if self._closed:
+        """Worker thread: decode and fuse one pair; publish images, camera_info, metrics."""
+        received, decided = item
+        pipeline = self.pipeline
+        if self._closed or pipeline is None:
             return
-        out = self.pipeline.fuse(pair)
+        try:
+            pair = convert_pair(received)
+        except FrameConversionError as e:
+            pipeline.error("input", str(e), e.cause)
+            return
+        self._check_float_thermal(pair.thermal.data.array)
+        out = pipeline.fuse(pair)
         if out is None:
             return
-        s, header = out.settings, pair.color.data.header
+        s, header, info = out.settings, pair.color.data.header, self._color_info
         with self._publish_lock:
             if self._closed:
                 return
             for label, img in out.images.items():
-                msg = numpy_to_image(img, s.output_encoding, Image(), header=header)
-                publisher = self._fused_pub if not s.tasks else self._task_publisher(label)
-                self._safe_publish(publisher, msg)
+                image_pub, info_pub = self._outputs["fused"] if not s.tasks \
+                    else self._task_publisher(label)
+                self._safe_publish(image_pub,
+                                   numpy_to_image(img, s.output_encoding, Image(), header=header))
+                if info is not None:
+                    self._safe_publish(info_pub, fused_camera_info(info, *img.shape[:2]).fill(
+                        CameraInfo(), header=header))
         done = time.monotonic_ns()
-        statuses = self.pipeline.finish(
+        worker = self.worker
+        statuses = pipeline.finish(
             out, decided, done, self.get_clock().now().nanoseconds,
-            {"dropped": self.worker.dropped, "processed": self.worker.processed},
+            {"dropped": worker.dropped if worker else 0,
+             "processed": worker.processed if worker else 0},
         )
         msg = DiagnosticArray(header=Header(stamp=header.stamp, frame_id=header.frame_id),
                               status=[self._status_msg(st) for st in statuses])
         self._safe_publish(self._metrics_pub, msg)
 
-    def _task_publisher(self, task: str):
+    def _check_float_thermal(self, thermal: Any) -> None:
+        if (not self._float_warned and thermal.dtype.kind == "f"
+                and self.settings.thermal_mode == "fixed"):
+            self._float_warned = True
+            self._warn("float (32FC1) thermal frames with thermal_mode 'fixed' are clipped to "
+                       "[0, 1]: use 'auto' or 'percentile' for temperatures")
+
+    def _task_publisher(self, task: str) -> tuple[Any, Any]:
         with self._lock:
-            pub = self._task_pubs.get(task)
-            if pub is None:
-                pub = self.create_publisher(Image, TASK_TOPIC.format(task=task), _OUT_QOS)
-                self._task_pubs[task] = pub
-            return pub
+            pubs = self._outputs.get(f"task:{task}")
+            if pubs is None:
+                pubs = output_publishers(self, TASK_TOPIC.format(task=task))
+                self._outputs[f"task:{task}"] = pubs
+            return pubs
 
     def pairing_stats(self) -> dict[str, int]:
         """Cumulative pairing counters (over pairers replaced by parameter changes)."""
@@ -384,6 +528,9 @@ class FusionNode(Node):
     def _on_feedback(self, msg: DiagnosticArray) -> None:
         self.pipeline.feedback(stamp_to_ns(msg.header.stamp), [
             (st.name, [(kv.key, kv.value) for kv in st.values]) for st in msg.status])
+
+    def _on_detections(self, msg: Any) -> None:
+        self.pipeline.feedback(stamp_to_ns(msg.header.stamp), detection_feedback(msg))
 
     # ------------------------------------------------------------------ health
     def _on_pipeline_error(self, reason: str, report_now: bool) -> None:
@@ -397,13 +544,18 @@ class FusionNode(Node):
     def _status_msg(self, st: Status) -> DiagnosticStatus:
         return DiagnosticStatus(level=LEVELS[st.level], name=st.name, message=st.message,
                                 hardware_id=str(self.engine.device),
-                                values=[_kv(k, v) for k, v in st.values])
+                                values=[kv(k, v) for k, v in st.values])
 
     def _on_timer(self) -> None:
-        if self._closed:
+        pipeline, worker = self.pipeline, self.worker
+        if self._closed or pipeline is None:
             return
-        self._publish_diagnostics(self.pipeline.health_status(
-            self.settings.diagnostics_period, self.worker.dropped))
+        status = pipeline.health_status(self.settings.diagnostics_period,
+                                        worker.dropped if worker else 0)
+        status.values.extend(self.demand.values())
+        if self.demand.paused and status.level == "OK":
+            status = replace(status, message="paused: no subscriber to any output")
+        self._publish_diagnostics(status)
 
     def _publish_diagnostics(self, status: Status) -> None:
         msg = DiagnosticArray(status=[self._status_msg(status)])
@@ -425,10 +577,11 @@ class FusionNode(Node):
         if self._closed:
             return
         self._closed = True
-        if hasattr(self, "worker"):  # None before the set-up made it
+        if self.worker is not None:
             self.worker.stop(timeout)
-        with contextlib.suppress(Exception):
-            self._timer.cancel()
+        if self._timer is not None:
+            with contextlib.suppress(Exception):
+                self._timer.cancel()
 
     def destroy_node(self) -> None:
         self.close()

@@ -233,10 +233,13 @@ def run_node_bench(settings: NodeBenchSettings, log=None) -> dict[str, Any]:
     say = log or (lambda msg: None)
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
+    from .node_io import input_qos_overrides, ros_args
+
     env = ros_environment()
     args = ["-r", f"__ns:={NAMESPACE}", "-p", f"model_path:={Path(settings.model).resolve()}",
             "-p", f"device:={settings.device}", "-p", f"precision:={settings.precision}",
-            "-p", f"threads:={settings.threads}", "-p", f"qos_reliability:={settings.qos}",
+            "-p", f"threads:={settings.threads}",
+            *ros_args(input_qos_overrides(settings.qos, 5, NAMESPACE)),
             "-p", f"internal_scale:={float(settings.internal_scale)}",
             "-p", f"warmup_width:={settings.width}", "-p", f"warmup_height:={settings.height}"]
     if settings.task:

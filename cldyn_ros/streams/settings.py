@@ -28,12 +28,13 @@ from ..inference.engine import PRECISIONS
 
 __all__ = [
     "BUILTIN_PARAMETERS", "OUTPUT_ENCODINGS", "PARAMETERS", "PARAMETER_SPECS", "PER_IMAGE",
-    "RELIABILITIES", "FusionSettings", "ParamSpec", "add_option", "check_value",
+    "RELIABILITIES", "TRANSPORTS", "FusionSettings", "ParamSpec", "add_option", "check_value",
     "markdown_table", "parse_task_weights", "settings_from_values",
 ]
 
 OUTPUT_ENCODINGS = ("rgb8", "bgr8")
 RELIABILITIES = ("best_effort", "reliable")
+TRANSPORTS = ("raw", "compressed")
 #: Parameters every rclpy node declares itself.
 BUILTIN_PARAMETERS = ("use_sim_time",)
 # Task names become topic and service name tokens.
@@ -87,6 +88,11 @@ class FusionSettings:
     """Every setting of the fusion node, validated (an immutable snapshot: each frame reads
     one). Build it with :meth:`from_values`."""
 
+    # --- node life cycle (read-only)
+    autostart: bool = setting(
+        True, "configure and activate the (lifecycle) node at start; false: it waits "
+        "unconfigured for a lifecycle manager's transitions", read_only=True,
+        table="configure + activate at start; `false`: wait for lifecycle transitions")
     # --- model (read-only)
     model_path: str = setting(
         "", "CLDyN checkpoint (.pt); empty: the shipped models/cldyn_default.pt found "
@@ -163,12 +169,22 @@ class FusionSettings:
     max_delay: float = setting(
         0.5, "frames older than the newest stamp minus this are stale, seconds", low=0.001,
         high=60.0)
-    # --- input QoS (read-only)
-    qos_reliability: str = setting(
-        "best_effort", "reliability of the input subscriptions (best_effort = sensor-data "
-        "QoS)", choices=RELIABILITIES, read_only=True)
-    qos_depth: int = setting(5, "history depth of the input subscriptions", low=1, high=1000,
-                             read_only=True)
+    use_message_filters: bool = setting(
+        False, "pair with message_filters.ApproximateTimeSynchronizer instead of the "
+        "built-in pairer (only where the ROS 2 message_filters package is installed; "
+        "otherwise a warning and the built-in pairer)", read_only=True)
+    # --- inputs (read-only)
+    thermal_transport: str = setting(
+        "raw", "how thermal images arrive, as image_transport names it: raw (sensor_msgs/Image "
+        "on thermal/image) or compressed (sensor_msgs/CompressedImage on the resolved "
+        "thermal/image topic + /compressed)", choices=TRANSPORTS, read_only=True,
+        table="`raw`: `sensor_msgs/Image` on `thermal/image`; `compressed`: "
+        "`CompressedImage` on `<thermal/image>/compressed`")
+    rgb_transport: str = setting(
+        "raw", "how colour images arrive: raw (sensor_msgs/Image on rgb/image) or compressed "
+        "(sensor_msgs/CompressedImage on the resolved rgb/image topic + /compressed)",
+        choices=TRANSPORTS, read_only=True,
+        table="as `thermal_transport`, for `rgb/image`")
     # --- output
     output_encoding: str = setting("rgb8", "encoding of the fused images",
                                    choices=OUTPUT_ENCODINGS)

@@ -37,6 +37,8 @@ from ros_helpers import (  # noqa: F401  (fixtures)
 from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
 
+from cldyn_ros.ros.node_io import input_qos_overrides, ros_args
+from cldyn_ros.streams.image_convert import COLOR_INPUT_ENCODINGS, THERMAL_INPUT_ENCODINGS
 from cldyn_ros.streams.image_msgs import COLOR_ENCODINGS, THERMAL_ENCODINGS
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(300)]
@@ -48,8 +50,9 @@ IMAGES_PER_ROUND = 40  # within the publishers' history: reliable QoS loses noth
 FEEDBACK_PER_ROUND = 8
 RSS_GROWTH_LIMIT_MB = 300  # generous: allocator noise and caches, not a leak
 _BYTES = {"mono8": 1, "8UC1": 1, "mono16": 2, "16UC1": 2, "rgb8": 3, "bgr8": 3}
-_FOREIGN_ENCODINGS = ("32FC1", "64FC1", "16SC1", "rgba8", "bgra8", "bayer_rggb8", "yuv422",
-                      "MONO8", "mono8 ", "", "jpeg", "8UC3", "16UC3", "mono32")
+# Encodings neither stream takes (each stream also refuses the other's own, see image()).
+_FOREIGN_ENCODINGS = ("64FC1", "16SC1", "nv12", "yuv420", "bayer_rggb16", "MONO8", "mono8 ",
+                      "", "jpeg", "8UC3", "16UC3", "mono32")
 
 
 class ImageFuzzer:
@@ -70,15 +73,20 @@ class ImageFuzzer:
 
     def image(self, role: str) -> tuple[Image, str | None]:
         name = "thermal" if role == "thermal" else "colour"
-        allowed = THERMAL_ENCODINGS if role == "thermal" else COLOR_ENCODINGS
-        other = COLOR_ENCODINGS if role == "thermal" else THERMAL_ENCODINGS
+        allowed = THERMAL_ENCODINGS if role == "thermal" else COLOR_ENCODINGS  # valid ones
+        accepted = THERMAL_INPUT_ENCODINGS if role == "thermal" else COLOR_INPUT_ENCODINGS
+        other = [e for e in (COLOR_INPUT_ENCODINGS if role == "thermal"
+                             else THERMAL_INPUT_ENCODINGS) if e not in accepted]
         msg = Image()
         self.stamp(msg)
         case = self.rng.choice(["foreign", "float_nan", "wrong_stream", "zero", "huge_width",
                                 "huge_height", "short_step", "truncated", "valid", "valid",
                                 "oversized", "bigendian", "padded"])
         encoding = self.rng.choice(allowed)
-        msg.is_bigendian = self.rng.choice([0, 1, 255]) if case != "valid" else 0
+        # 32FC1 temperatures are a valid thermal image (NaN and inf masked), not a colour one.
+        float_valid = case == "float_nan" and role == "thermal"
+        msg.is_bigendian = self.rng.choice([0, 1, 255]) if case != "valid" and not float_valid \
+            else 0
         if case in ("foreign", "wrong_stream", "float_nan"):
             msg.encoding = (self.rng.choice(_FOREIGN_ENCODINGS) if case == "foreign" else
                             self.rng.choice(other) if case == "wrong_stream" else "32FC1")
@@ -92,7 +100,7 @@ class ImageFuzzer:
             else:
                 step = w * self.rng.randrange(1, 5)
                 data = self.np_rng.bytes(h * step)
-            return self._fill(msg, h, w, step, data), f"{name}_encoding"
+            return self._fill(msg, h, w, step, data), None if float_valid else f"{name}_encoding"
         msg.encoding = encoding
         bpp = _BYTES[encoding]
         if case == "zero":
@@ -239,7 +247,7 @@ def test_fuzzed_inputs_are_counted_by_cause_and_the_node_keeps_fusing(ros, model
     node = subprocess.Popen(
         [sys.executable, "-m", "cldyn_ros.ros.node", "--ros-args",
          "-p", f"model_path:={model_path}", "-p", "threads:=1",
-         "-p", "qos_reliability:=reliable", "-p", "qos_depth:=1000",
+         *ros_args(input_qos_overrides("reliable", 1000)),
          "-p", "diagnostics_period:=0.2", "-p", "metrics_every_n:=0"],
         cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdin=subprocess.DEVNULL,
         stdout=log, stderr=subprocess.STDOUT, text=True,
@@ -348,3 +356,93 @@ def test_fuzzed_inputs_are_counted_by_cause_and_the_node_keeps_fusing(ros, model
     output = (tmp_path / "node.log").read_text()
     assert "Traceback" not in output, output[-5000:]
     assert node.returncode == 0, output[-5000:]
+
+
+def _compressed(rng: random.Random, np_rng: np.random.Generator, role: str):
+    """A CompressedImage for ``role`` and whether the node must reject it (corrupt,
+    truncated or empty data, an unknown encoding, a format that does not match the data)."""
+    from sensor_msgs.msg import CompressedImage
+
+    from cldyn_ros.streams.compressed import encode_compressed
+
+    h, w = rng.randrange(8, 40), rng.randrange(8, 40)
+    if role == "thermal":
+        pixels = np_rng.integers(0, 65535, (h, w), dtype=np.uint16)
+        fmt, data = encode_compressed(pixels, "mono16", "png")
+        mislabels = ["rgb8; jpeg compressed bgr8", "32FC1; png compressed ",
+                     "bgr8; png compressed bgr8", "mono8; png compressed "]
+    else:
+        pixels = np_rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        fmt, data = encode_compressed(pixels, "rgb8", "jpeg", quality=rng.randrange(10, 100))
+        mislabels = ["mono16; png compressed ", "rgb16; png compressed bgr16",
+                     "16UC1; png compressed ", "32FC1; jpeg compressed "]
+    case = rng.choice(["valid", "valid", "truncated", "empty", "corrupt", "unknown_encoding",
+                       "mislabelled", "no_codec_name"])
+    if case == "truncated":
+        data = data[: rng.randrange(1, len(data) - 1)]
+    elif case == "empty":
+        data = b""
+    elif case == "corrupt":  # the magic bytes and end marker of the codec, noise between
+        head, tail = data[:8], data[-12:]
+        data = head + np_rng.bytes(rng.randrange(0, 200)) + tail
+    elif case == "unknown_encoding":
+        fmt = rng.choice(["nv12; jpeg compressed bgr8", "MONO16; png compressed ",
+                          "rgb9; jpeg compressed"])
+    elif case == "mislabelled":
+        fmt = rng.choice(mislabels)
+    elif case == "no_codec_name":  # old publishers: "jpeg"/"png", the layout from the data
+        fmt = "png" if role == "thermal" else "jpeg"
+    msg = CompressedImage(format=fmt)
+    msg.data = array.array("B", data)
+    return msg, case not in ("valid", "no_codec_name")
+
+
+def test_fuzzed_compressed_inputs_are_rejected_after_pairing_and_fusion_goes_on(ros,
+                                                                                model_path):
+    """Compressed transport on both inputs: each pair is decoded on the worker after
+    pairing; a bad image of a pair (thermal checked first) is one rejection of its stream,
+    a good pair is fused, the node keeps running."""
+    from sensor_msgs.msg import CompressedImage
+
+    node = ros.fusion_node(model_path, thermal_transport="compressed",
+                           rgb_transport="compressed", slop=0.001, metrics_every_n=0,
+                           **input_qos_overrides("reliable", 50,
+                                                 transports=("compressed", "compressed")))
+    h = ros.harness()
+    qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+    pubs = {role: h.create_publisher(CompressedImage, f"{topic}/compressed", qos)
+            for role, topic in (("thermal", "thermal/image"), ("color", "rgb/image"))}
+    deadline = time.monotonic() + 30
+    while not all(p.get_subscription_count() for p in pubs.values()):
+        assert time.monotonic() < deadline, "the node did not subscribe"
+        time.sleep(0.05)
+    while not (h.count_publishers("/fused/image") and h.count_publishers(f"{NODE}/metrics")):
+        assert time.monotonic() < deadline, "the node's outputs did not appear"
+        time.sleep(0.05)
+    rng, np_rng = random.Random(SEED), np.random.default_rng(SEED)
+    rejected = {"thermal": 0, "colour": 0}
+    fused = 0
+    for index in range(40):
+        stamp = h.next_stamp()
+        thermal, bad_thermal = _compressed(rng, np_rng, "thermal")
+        colour, bad_colour = _compressed(rng, np_rng, "color")
+        for role, msg in (("thermal", thermal), ("color", colour)):
+            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, NS)
+            pubs[role].publish(msg)
+        if bad_thermal:
+            rejected["thermal"] += 1
+        elif bad_colour:
+            rejected["colour"] += 1
+        else:
+            fused += 1
+        deadline = time.monotonic() + 20
+        while node.worker.processed < index + 1:  # one pair at a time: none replaced
+            assert time.monotonic() < deadline, f"pair {index} was never processed"
+            time.sleep(0.01)
+    counts = node.pipeline.rejections.counts()
+    by_stream = {name: sum(v for k, v in counts.items() if k.startswith(name + "_"))
+                 for name in rejected}
+    assert by_stream == rejected, counts
+    assert node.pipeline.frames == fused and node.worker.dropped == 0
+    assert rejected["thermal"] >= 5 and rejected["colour"] >= 3 and fused >= 5
+    h.wait_for(lambda: len(h.fused["fused/image"]) == fused)

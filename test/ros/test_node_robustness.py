@@ -27,6 +27,7 @@ from ros_helpers import (  # noqa: F401  (fixtures)
 )
 from sensor_msgs.msg import Image
 
+from cldyn_ros.streams.image_convert import color_from_array
 from cldyn_ros.streams.image_msgs import stamp_to_ns
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(120)]
@@ -74,10 +75,13 @@ def test_bad_input_is_reported_and_the_next_good_pair_fused(ros, model_path):
         return action
 
     cases = [
-        # wrong encoding for the stream, an unsupported one, zero size, short data
-        (send_thermal(lambda s: make_image(colour, "rgb8", s)), ("thermal", "encoding", "rgb8")),
-        (send_thermal(lambda s: _raw(rows, cols, "32FC1", cols * 4, bytes(rows * cols * 4), s)),
-         ("thermal", "32FC1")),
+        # an encoding no stream takes, one the colour stream does not take, zero size, short
+        # data
+        (send_thermal(lambda s: _raw(rows, cols, "nv12", cols, bytes(rows * cols * 3 // 2), s)),
+         ("thermal", "encoding", "nv12")),
+        (lambda: h.rgb_pub.publish(make_image(thermal.astype(np.uint16), "16UC1",
+                                              h.next_stamp())),
+         ("colour", "encoding", "16UC1")),
         (send_thermal(lambda s: _raw(0, 0, "mono8", 0, b"", s)), ("thermal", "zero size")),
         (send_thermal(lambda s: _raw(rows, cols, "mono8", cols, bytes(100), s)),
          ("thermal", "shorter")),
@@ -116,6 +120,68 @@ def test_bad_input_is_reported_and_the_next_good_pair_fused(ros, model_path):
             break
         time.sleep(0.1)
     assert DiagnosticStatus.OK in levels[1:], levels
+
+
+def _colour_variants(colour: np.ndarray) -> dict[str, np.ndarray]:
+    """The colour frame in every driver encoding (what a camera in that mode sends)."""
+    import cv2
+
+    bgr = np.ascontiguousarray(colour[:, :, ::-1])
+    opaque = np.full(colour.shape[:2] + (1,), 255, np.uint8)
+    bayer = np.zeros(colour.shape[:2], np.uint8)  # RGGB mosaic of the colour frame
+    bayer[0::2, 0::2], bayer[1::2, 1::2] = colour[0::2, 0::2, 0], colour[1::2, 1::2, 2]
+    bayer[0::2, 1::2], bayer[1::2, 0::2] = colour[0::2, 1::2, 1], colour[1::2, 0::2, 1]
+    yuyv = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_YUYV) if hasattr(cv2, "COLOR_BGR2YUV_YUYV") \
+        else None
+    variants = {
+        "bgr8": bgr,
+        "rgba8": np.concatenate([colour, opaque], axis=2),
+        "bgra8": np.concatenate([bgr, opaque], axis=2),
+        "rgb16": colour.astype(np.uint16) * 257,
+        "bgr16": bgr.astype(np.uint16) * 257,
+        "mono8": np.ascontiguousarray(colour[:, :, 1]),
+        "bayer_rggb8": bayer,
+    }
+    if yuyv is not None:
+        variants["yuv422_yuy2"] = yuyv
+        # Y0 U Y1 V -> U Y0 V Y1 (ROS yuv422 is UYVY)
+        variants["yuv422"] = np.ascontiguousarray(
+            yuyv.reshape(colour.shape[0], -1, 4)[:, :, [1, 0, 3, 2]].reshape(yuyv.shape))
+    return variants
+
+
+def test_driver_encodings_are_fused(ros, model_path):
+    """One message per driver encoding: every colour layout fuses as its converted frame
+    does (the channel order reaches the engine), lossless ones exactly as rgb8; thermal
+    temperatures (32FC1 with NaN and inf pixels), 16-bit counts and grey-coded colour fuse
+    at full size, the grey-coded ones as the grey frame itself."""
+    node = ros.fusion_node(model_path, diagnostics_period=0.3)
+    h = ros.harness()
+    h.wait_connected()
+    thermal, colour = sample_frames()
+    reference = image_array(h.fuse(thermal, colour))
+    for encoding, pixels in _colour_variants(colour).items():
+        fused = image_array(h.fuse(thermal, pixels, color_encoding=encoding))
+        # What the node fuses is the converted frame in its channel order: sent as that
+        # rgb8/bgr8 frame it fuses the same; the lossless layouts give the rgb8 result.
+        converted = color_from_array(pixels, encoding)
+        expected = image_array(h.fuse(thermal, converted.image,
+                                      color_encoding=f"{converted.order}8"))
+        assert np.abs(fused.astype(int) - expected).max() <= 1, encoding
+        if encoding in ("bgr8", "rgba8", "bgra8", "rgb16", "bgr16"):
+            assert np.abs(fused.astype(int) - reference).max() <= 1, encoding
+    temperatures = thermal.astype(np.float32) * 0.25 + 250.0
+    temperatures[0, :5] = np.nan
+    temperatures[1, :5] = np.inf
+    grey_coded = np.repeat(thermal[:, :, None], 3, axis=2)  # AGC thermal sent as rgb8
+    for encoding, pixels in (("32FC1", temperatures), ("16UC1", thermal.astype(np.uint16) * 64),
+                             ("rgb8", grey_coded), ("bgra8", np.concatenate(
+                                 [grey_coded, np.full_like(thermal[:, :, None], 255)], axis=2))):
+        fused = image_array(h.fuse(pixels, colour, thermal_encoding=encoding))
+        assert fused.shape == colour.shape, encoding
+        if encoding in ("rgb8", "bgra8"):  # grey-coded thermal is the grey thermal itself
+            assert np.abs(fused.astype(int) - reference).max() <= 1, encoding
+    assert node.pipeline.input_errors == 0, node.pipeline.last_error
 
 
 def test_fusion_failure_is_reported_and_the_node_keeps_serving(ros, model_path):

@@ -19,6 +19,7 @@ from ros_helpers import (  # noqa: F401  (fixtures)
     status_values,
 )
 
+from cldyn_ros.ros.node_io import input_qos_overrides
 from cldyn_ros.streams.image_msgs import stamp_to_ns
 from cldyn_ros.streams.pairing import ApproximateTimePairer, Frame
 
@@ -32,7 +33,7 @@ def test_pairs_jittered_60hz_thermal_with_30hz_colour(ros, model_path):
     # Queues and staleness generous enough that the executor delaying one subscription's
     # callbacks cannot make the live result differ from the offline one by scheduling alone.
     slop, queue_size, max_delay = 0.01, 60, 2.0
-    node = ros.fusion_node(model_path, qos_reliability="reliable", qos_depth=200, slop=slop,
+    node = ros.fusion_node(model_path, **input_qos_overrides("reliable", 200), slop=slop,
                            queue_size=queue_size, max_delay=max_delay, metrics_every_n=0)
     h = ros.harness()
     h.wait_connected()

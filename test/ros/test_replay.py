@@ -46,11 +46,13 @@ def bag(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def fusion_node(model_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     pytest.importorskip("cldyn_ros.ros.node", reason="the fusion node is not available")
+    from cldyn_ros.ros.node_io import input_qos_overrides, ros_args
+
     log = tmp_path_factory.mktemp("node") / "node.log"
     cmd = [sys.executable, "-m", "cldyn_ros.ros.node", "--ros-args",
            "-p", f"model_path:={model_file}", "-p", "threads:=1",
            "-p", "tasks:=[" + ",".join(f"'{t}'" for t in TASKS) + "]",
-           "-p", "qos_reliability:=reliable", "-p", "qos_depth:=50"]
+           *ros_args(input_qos_overrides("reliable", 50))]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
