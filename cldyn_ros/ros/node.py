@@ -252,7 +252,9 @@ class FusionNode(Node):
             ))
         self.get_logger().info(
             f"ready: model {self.engine.loaded.path} on {self.engine.device} "
-            f"(precision {self.engine.precision}); tasks {self.engine.task_names}; "
+            f"(precision {self.engine.precision}, internal_scale "
+            f"{self.engine.internal_scale:g}, threads {s.threads or 'default'}); "
+            f"tasks {self.engine.task_names}; "
             f"output {s.active_label}"
         )
 

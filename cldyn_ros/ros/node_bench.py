@@ -34,6 +34,9 @@ NODE_NAME = "cldyn_fusion"
 NODE_COUNTERS = ("pairing_color_unmatched", "pairing_out_of_order", "pairing_stale",
                  "pairing_overflow", "worker_dropped", "worker_processed", "input_errors",
                  "fusion_errors")
+#: Per-frame times (ms) the node reports in ``~/metrics``: where a frame's latency goes.
+NODE_TIMES = ("pairing_wait_ms", "queue_wait_ms", "processing_ms", "preprocess_ms", "fuse_ms",
+              "postprocess_ms")
 
 
 class NodeBenchError(RuntimeError):
@@ -147,6 +150,7 @@ class _Client:
         self.duplicates = 0
         self.thermal_sent = 0
         self.last_metrics: dict[str, str] = {}
+        self.frame_times: dict[int, dict[str, float]] = {}  # stamp ns -> NODE_TIMES
         self.fused_topic = f"{NAMESPACE}/fused/image"
         self.node.create_subscription(
             Image, self.fused_topic, self._on_fused,
@@ -177,8 +181,17 @@ class _Client:
     def _on_metrics(self, msg: Any) -> None:
         frame = next((s for s in msg.status if s.name.endswith(": frame")), None)
         if frame is not None:
+            values = {kv.key: kv.value for kv in frame.values}
+            times = {}
+            for k in NODE_TIMES:
+                try:
+                    times[k] = float(values[k])
+                except (KeyError, ValueError):
+                    continue
+            stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
             with self.lock:
-                self.last_metrics = {kv.key: kv.value for kv in frame.values}
+                self.last_metrics = values
+                self.frame_times[stamp] = times
 
     def wait_connected(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -333,6 +346,7 @@ def run_node_bench(settings: NodeBenchSettings, log=None) -> dict[str, Any]:
             received = {s: client.received[s] for s in stamps if s in client.received}
             duplicates = client.duplicates
             stray = len(client.received.keys() - set(stamps) - set(warm_stamps))
+            frame_times = [client.frame_times[s] for s in stamps if s in client.frame_times]
     except NodeBenchError as e:
         raise NodeBenchError(f"{e}\nnode log:\n{node.tail()}") from None
     finally:
@@ -365,6 +379,9 @@ def run_node_bench(settings: NodeBenchSettings, log=None) -> dict[str, Any]:
         },
         "latency_ms": percentiles(latencies),
         "max_latency_ms": max(latencies) if latencies else float("nan"),
+        # the node's own per-frame times of the measured frames (from ~/metrics): waiting for
+        # a partner, waiting for the worker, and the worker's fuse + publish (its engine stages)
+        "node_ms": {k: percentiles([t[k] for t in frame_times if k in t]) for k in NODE_TIMES},
         "fused_fps": len(received) / active_s if active_s > 0 else float("nan"),
         "send_s": send_s,
         "wall_s": wall_s,
@@ -392,22 +409,24 @@ def format_node_table(reports: list[dict[str, Any]]) -> str:
     """Markdown table of node-level reports, one row each."""
     lines = [
         "| case | frames sent | received | dropped | of which in the node | latency p50 ms "
-        "| p90 | p99 | max | fused fps | node CPU % | RSS start MB | RSS end MB "
-        "| GPU start MB | GPU end MB |",
-        "|" + "---|" * 15,
+        "| p90 | p99 | max | fused fps | node processing p50 ms | node CPU % | RSS start MB "
+        "| RSS end MB | GPU start MB | GPU end MB |",
+        "|" + "---|" * 16,
     ]
     for r in reports:
         s, f, lat, mem = r["settings"], r["frames"], r["latency_ms"], r["memory"]
         name = (f"{s['width']}x{s['height']} {s['device']} {s['precision']} "
                 f"rgb {s['rgb_rate']:g} Hz / thermal {s['thermal_rate']:g} Hz"
                 + (f" threads {s['threads']}" if s["threads"] else "")
+                + (f" internal_scale {s['internal_scale']:g}" if s.get("internal_scale") else "")
                 + (f" {s['qos']}" if s.get("qos", "best_effort") != "best_effort" else "")
                 + (f" task {s['task']}" if s["task"] else ""))
         drops = f.get("dropped_in_node")
+        processing = r.get("node_ms", {}).get("processing_ms", {}).get("p50")
         lines.append(
             f"| {name} | {f['sent']} | {f['received']} | {f['dropped']} | {_num(drops)} "
             f"| {lat['p50']:.1f} | {lat['p90']:.1f} | {lat['p99']:.1f} "
-            f"| {r['max_latency_ms']:.1f} | {r['fused_fps']:.1f} "
+            f"| {r['max_latency_ms']:.1f} | {r['fused_fps']:.1f} | {_num(processing, '{:.1f}')} "
             f"| {_num(r['cpu_percent'])} | {_num(mem['start']['rss_mb'])} "
             f"| {_num(mem['end']['rss_mb'])} | {_num(mem['start']['gpu_mb'])} "
             f"| {_num(mem['end']['gpu_mb'])} |")
