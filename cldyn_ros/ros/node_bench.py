@@ -7,8 +7,10 @@ number of colour frames, and receives ``fused/image``. Per fused frame, latency 
 time - header stamp (the colour frame's stamp; both clocks are this machine's wall clock).
 
 Reported: latency p50/p90/p99, frames sent / received / dropped (and the node's own drop
-counters from ``~/metrics``), node CPU use, node resident memory (``/proc/<pid>/status``
-VmRSS) at start and end, and the node's GPU memory (``nvidia-smi`` per process) on CUDA.
+counters from ``~/metrics``), the node's per-frame times from ``~/metrics`` (waiting for a
+partner, waiting for the worker, processing and the engine's stages), node CPU use, node
+resident memory (``/proc/<pid>/status`` VmRSS) at start and end, and the node's GPU memory
+(``nvidia-smi`` per process) on CUDA.
 Timings are wall-clock on whatever else the machine is doing: never read them as limits.
 
 Needs rclpy. Keeps :mod:`cldyn_ros.tools.bench` (model level) free of ROS imports.
