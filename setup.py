@@ -34,7 +34,7 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE_NAME}"]),
         (SHARE, ["package.xml"]),
         (f"{SHARE}/launch", _files("launch/*.launch.py")),
-        (f"{SHARE}/config", _files("config/*.yaml")),
+        (f"{SHARE}/config", _files("config/*.yaml") + _files("config/*.xml")),
         (f"{SHARE}/models", _files("models/*.pt") + _files("models/*.md")),
     ],
     # Only names that the distro packages (python3-numpy, ...) also register, so a colcon

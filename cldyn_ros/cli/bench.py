@@ -218,6 +218,12 @@ def run_node(args: argparse.Namespace) -> int:
         internal_scale=args.internal_scales[0] if args.internal_scales else 0.0,
         out=str(args.out))
     report = run_node_bench(settings, log=log)
+    lost = report["frames"]["dropped_elsewhere"]
+    if settings.qos == "best_effort" and lost > report["frames"]["sent"] // 2:
+        log(f"{lost} colour frames never reached the node: large best-effort frames overflow "
+            "Fast DDS's default 512 KiB shared-memory segment of the publishing process; "
+            "use config/fastdds_large_frames.xml (FASTDDS_DEFAULT_PROFILES_FILE) or --qos "
+            "reliable")
     report["command"] = "cldyn bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else ""
     from ..tools.bench import write_report
 
@@ -255,7 +261,8 @@ def run_node_load(args: argparse.Namespace) -> int:
         thermal_encoding=args.thermal_encoding,
         device="cpu" if args.device == "auto" else args.device, precision=args.precision,
         threads=args.threads[0] if args.threads else 1, window_s=args.window, out=str(out),
-        engine_frames=args.engine_frames)
+        engine_frames=args.engine_frames, qos=args.qos_reliability,
+        internal_scale=args.internal_scales[0] if args.internal_scales else 0.0)
     report = run_load_bench(settings, log=log)
     report["command"] = "cldyn bench " + " ".join(sys.argv[2:])
     write_report(report, out / f"bench_node_{args.load}.json")

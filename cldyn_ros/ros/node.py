@@ -265,7 +265,9 @@ class FusionNode(LifecycleNode):
             ))
         self.get_logger().info(
             f"ready: model {self.engine.loaded.path} on {self.engine.device} "
-            f"(precision {self.engine.precision}); tasks {self.engine.task_names}; "
+            f"(precision {self.engine.precision}, internal_scale "
+            f"{self.engine.internal_scale:g}, threads {s.threads or 'default'}); "
+            f"tasks {self.engine.task_names}; "
             f"output {s.active_label}"
         )
         return TransitionCallbackReturn.SUCCESS

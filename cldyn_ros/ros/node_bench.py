@@ -7,8 +7,10 @@ number of colour frames, and receives ``fused/image``. Per fused frame, latency 
 time - header stamp (the colour frame's stamp; both clocks are this machine's wall clock).
 
 Reported: latency p50/p90/p99, frames sent / received / dropped (and the node's own drop
-counters from ``~/metrics``), node CPU use, node resident memory (``/proc/<pid>/status``
-VmRSS) at start and end, and the node's GPU memory (``nvidia-smi`` per process) on CUDA.
+counters from ``~/metrics``), the node's per-frame times from ``~/metrics`` (waiting for a
+partner, waiting for the worker, processing and the engine's stages), node CPU use, node
+resident memory (``/proc/<pid>/status`` VmRSS) at start and end, and the node's GPU memory
+(``nvidia-smi`` per process) on CUDA.
 Timings are wall-clock on whatever else the machine is doing: never read them as limits.
 
 Needs rclpy. Keeps :mod:`cldyn_ros.tools.bench` (model level) free of ROS imports.
@@ -32,6 +34,9 @@ from .demo import NodeProcess, ros_environment
 NODE_COUNTERS = ("pairing_color_unmatched", "pairing_out_of_order", "pairing_stale",
                  "pairing_overflow", "worker_dropped", "worker_processed", "input_errors",
                  "fusion_errors")
+#: Per-frame times (ms) the node reports in ``~/metrics``: where a frame's latency goes.
+NODE_TIMES = ("pairing_wait_ms", "queue_wait_ms", "processing_ms", "preprocess_ms", "fuse_ms",
+              "postprocess_ms")
 
 
 @dataclasses.dataclass
@@ -134,6 +139,7 @@ class _Client(FusedReceiver):
         self.duplicates = 0
         self.thermal_sent = 0
         self.last_metrics: dict[str, str] = {}
+        self.frame_times: dict[int, dict[str, float]] = {}  # stamp ns -> NODE_TIMES
         self.start()
 
     def on_fused(self, stamp: int, received_ns: int) -> None:
@@ -144,6 +150,13 @@ class _Client(FusedReceiver):
 
     def on_frame_metrics(self, stamp: int, values: dict[str, str]) -> None:
         self.last_metrics = values
+        times = {}
+        for k in NODE_TIMES:
+            try:
+                times[k] = float(values[k])
+            except (KeyError, ValueError):
+                continue
+        self.frame_times[stamp] = times
 
     def connected(self) -> bool:
         return all(p.get_subscription_count() for p in self.pubs.values()) and \
@@ -288,6 +301,7 @@ def run_node_bench(settings: NodeBenchSettings, log=None) -> dict[str, Any]:
             received = {s: client.received[s] for s in stamps if s in client.received}
             duplicates = client.duplicates
             stray = len(client.received.keys() - set(stamps) - set(warm_stamps))
+            frame_times = [client.frame_times[s] for s in stamps if s in client.frame_times]
     except NodeBenchError as e:
         raise NodeBenchError(f"{e}\nnode log:\n{node.tail()}") from None
     finally:
@@ -320,6 +334,9 @@ def run_node_bench(settings: NodeBenchSettings, log=None) -> dict[str, Any]:
         },
         "latency_ms": percentiles(latencies),
         "max_latency_ms": max(latencies) if latencies else float("nan"),
+        # the node's own per-frame times of the measured frames (from ~/metrics): waiting for
+        # a partner, waiting for the worker, and the worker's fuse + publish (its engine stages)
+        "node_ms": {k: percentiles([t[k] for t in frame_times if k in t]) for k in NODE_TIMES},
         "fused_fps": len(received) / active_s if active_s > 0 else float("nan"),
         "send_s": send_s,
         "wall_s": wall_s,
@@ -347,22 +364,24 @@ def format_node_table(reports: list[dict[str, Any]]) -> str:
     """Markdown table of node-level reports, one row each."""
     lines = [
         "| case | frames sent | received | dropped | of which in the node | latency p50 ms "
-        "| p90 | p99 | max | fused fps | node CPU % | RSS start MB | RSS end MB "
-        "| GPU start MB | GPU end MB |",
-        "|" + "---|" * 15,
+        "| p90 | p99 | max | fused fps | node processing p50 ms | node CPU % | RSS start MB "
+        "| RSS end MB | GPU start MB | GPU end MB |",
+        "|" + "---|" * 16,
     ]
     for r in reports:
         s, f, lat, mem = r["settings"], r["frames"], r["latency_ms"], r["memory"]
         name = (f"{s['width']}x{s['height']} {s['device']} {s['precision']} "
                 f"rgb {s['rgb_rate']:g} Hz / thermal {s['thermal_rate']:g} Hz"
                 + (f" threads {s['threads']}" if s["threads"] else "")
+                + (f" internal_scale {s['internal_scale']:g}" if s.get("internal_scale") else "")
                 + (f" {s['qos']}" if s.get("qos", "best_effort") != "best_effort" else "")
                 + (f" task {s['task']}" if s["task"] else ""))
         drops = f.get("dropped_in_node")
+        processing = r.get("node_ms", {}).get("processing_ms", {}).get("p50")
         lines.append(
             f"| {name} | {f['sent']} | {f['received']} | {f['dropped']} | {_num(drops)} "
             f"| {lat['p50']:.1f} | {lat['p90']:.1f} | {lat['p99']:.1f} "
-            f"| {r['max_latency_ms']:.1f} | {r['fused_fps']:.1f} "
+            f"| {r['max_latency_ms']:.1f} | {r['fused_fps']:.1f} | {_num(processing, '{:.1f}')} "
             f"| {_num(r['cpu_percent'])} | {_num(mem['start']['rss_mb'])} "
             f"| {_num(mem['end']['rss_mb'])} | {_num(mem['start']['gpu_mb'])} "
             f"| {_num(mem['end']['gpu_mb'])} |")

@@ -39,6 +39,7 @@ from ..tools.bench import SCHEMA_VERSION, machine_info, percentiles, synthetic_f
 from .bench_receiver import NAMESPACE, FusedReceiver, NodeBenchError
 from .demo import NodeProcess, ros_environment
 from .node_bench import process_cpu_s, process_rss_mb
+from .node_io import input_qos_overrides, ros_args
 
 _NS = 1_000_000_000
 #: Node counters (cumulative) read from the last ``~/metrics`` frame status.
@@ -61,6 +62,8 @@ class LoadSettings:
     device: str = "cpu"
     precision: str = "fp32"
     threads: int = 1
+    internal_scale: float = 0.0  # 0: the model's own (full resolution unless it says)
+    qos: str = "best_effort"  # input reliability, node and publisher: best_effort, reliable
     window_s: float = 10.0
     warmup_s: float = 2.0  # flood start excluded from the gap and throughput figures
     engine_frames: int = 20  # engine-alone frames before and after the node run
@@ -78,18 +81,21 @@ def publish_main(argv: list[str] | None = None) -> int:
     p.add_argument("--height", type=int, required=True)
     p.add_argument("--width", type=int, required=True)
     p.add_argument("--thermal-encoding", default="mono16", choices=("mono16", "mono8"))
+    p.add_argument("--qos", default="best_effort", choices=("best_effort", "reliable"))
     p.add_argument("--wait", type=float, default=30.0, help="most seconds to wait for the node")
     args = p.parse_args(argv)
 
     import rclpy
-    from rclpy.qos import qos_profile_sensor_data
+    from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
     from sensor_msgs.msg import Image
 
     from ..streams.image_msgs import numpy_to_image
 
     rclpy.init()
     node = rclpy.create_node("cldyn_load_publisher", namespace=NAMESPACE)
-    pubs = {s: node.create_publisher(Image, f"{NAMESPACE}/{s}/image", qos_profile_sensor_data)
+    qos = (qos_profile_sensor_data if args.qos == "best_effort"
+           else QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+    pubs = {s: node.create_publisher(Image, f"{NAMESPACE}/{s}/image", qos)
             for s in ("thermal", "rgb")}
     thermal, colour = synthetic_frames(args.height, args.width)
     if args.thermal_encoding == "mono8":
@@ -169,7 +175,8 @@ def engine_alone_ms(settings: LoadSettings, frames: int) -> list[float]:
     from ..inference.engine import FusionEngine
 
     engine = FusionEngine(settings.model, device=settings.device,
-                          precision=settings.precision, threads=settings.threads or None)
+                          precision=settings.precision, threads=settings.threads or None,
+                          internal_scale=settings.internal_scale or None)
     thermal, colour = synthetic_frames(settings.height, settings.width)
     if settings.thermal_encoding == "mono8":
         thermal = (thermal >> 8).astype(np.uint8)
@@ -201,7 +208,9 @@ def run_load_bench(settings: LoadSettings, log=None) -> dict[str, Any]:
     args = ["-r", f"__ns:={NAMESPACE}", "-p", f"model_path:={Path(settings.model).resolve()}",
             "-p", f"device:={settings.device}", "-p", f"precision:={settings.precision}",
             "-p", f"threads:={settings.threads}", "-p", f"warmup_width:={settings.width}",
-            "-p", f"warmup_height:={settings.height}", "-p", "metrics_every_n:=0"]
+            "-p", f"warmup_height:={settings.height}", "-p", "metrics_every_n:=0",
+            "-p", f"internal_scale:={float(settings.internal_scale)}",
+            *ros_args(input_qos_overrides(settings.qos, 5, NAMESPACE))]
     say("starting the node")
     node = NodeProcess(args, out / "node.log", env, NAMESPACE)
     receiver = None
@@ -222,7 +231,7 @@ def run_load_bench(settings: LoadSettings, log=None) -> dict[str, Any]:
                    "--rgb-rate", str(rgb), "--thermal-rate", str(thermal),
                    "--seconds", str(seconds), "--height", str(settings.height),
                    "--width", str(settings.width),
-                   "--thermal-encoding", settings.thermal_encoding]
+                   "--thermal-encoding", settings.thermal_encoding, "--qos", settings.qos]
             if label != "warm-up":
                 _, _, counters_start = receiver.snapshot()
                 rss_start = process_rss_mb(pid)
@@ -345,7 +354,9 @@ def format_load_report(r: dict[str, Any]) -> str:
     lines = [
         f"{s['mode']}: {s['width']}x{s['height']}, colour {s['rgb_rate']:g} Hz / thermal "
         f"{s['thermal_rate']:g} Hz ({s['thermal_encoding']}) for {s['seconds']:g} s, "
-        f"{s['device']} {s['precision']} threads {s['threads']}",
+        f"{s['device']} {s['precision']} threads {s['threads']}"
+        + (f" internal_scale {s['internal_scale']:g}" if s.get("internal_scale") else "")
+        + (f" {s['qos']}" if s.get("qos", "best_effort") != "best_effort" else ""),
         "",
         f"- colour sent {a['colour_sent']}, received by the node {a['colour_received_by_node']:.0f}"
         f", published {a['published']:.0f} (received here {a['received_here']}); dropped: "

@@ -7,6 +7,7 @@ No test asserts a wall-clock limit.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -309,6 +310,22 @@ def test_torch_limits_use_exact_extremes(lo, hi):
     ref = ThermalNormalizer(lo, hi)._frame_limits(frame)
     got = thermal_limits_torch(torch.from_numpy(frame.astype(np.int32)), lo, hi)
     assert [float(v) for v in got] == pytest.approx(ref)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32])
+def test_torch_limits_of_integer_frames_equal_torch_quantile_bit_for_bit(dtype):
+    """Integer frames are sorted as integers, then interpolated: the same numbers as
+    ``torch.quantile`` on the float64 subsample, for small and subsampled frames."""
+    rng = np.random.default_rng(3)
+    top = np.iinfo(dtype).max if dtype != np.int32 else 1 << 20
+    for shape, lo, hi in (((31, 17), 1.0, 99.0), ((512, 640), 1.0, 99.0),
+                          ((700, 400), 12.5, 87.3), ((1, 1), 1.0, 99.0)):
+        frame = torch.from_numpy(rng.integers(0, top, shape).astype(dtype))
+        step = math.ceil(math.sqrt(frame.numel() / 2**17)) if frame.numel() > 2**17 else 1
+        sample = frame[::step, ::step].reshape(-1).double()
+        want = torch.quantile(sample, torch.tensor([lo / 100, hi / 100], dtype=torch.float64))
+        got = thermal_limits_torch(frame, lo, hi)
+        assert [float(v) for v in got] == [float(v) for v in want]
 
 
 def test_constant_and_all_nan_thermal_on_device_are_zero():

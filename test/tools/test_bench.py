@@ -163,15 +163,16 @@ def test_gpu_bench_script_runs_on_cpu_with_tiny_settings(tmp_path):
 @pytest.mark.timeout(300)
 def test_node_bench_report_schema_and_counts(tmp_path, capsys):
     """``cldyn bench node``: the real node over DDS, tiny frames; counts add up (no timing
-    assertion: frames may be dropped on a busy machine, and that is reported)."""
+    assertion: frames may be dropped on a busy machine, and that is reported); the internal
+    scale reaches the node's engine; the node's per-frame times come back."""
     pytest.importorskip("rclpy")
-    from ros_helpers import write_checkpoint
+    from cldyn_ros.paths import default_model_path
 
-    model = write_checkpoint(tmp_path / "model.pt", tasks=())
     out = tmp_path / "node"
     code = main(["bench", "node", "--frames", "20", "--size", "80x64", "--rgb-rate", "30",
-                 "--thermal-rate", "60", "--model", str(model), "--device", "cpu",
-                 "--threads", "1", "--warmup", "2", "--out", str(out), "--quiet"])
+                 "--thermal-rate", "60", "--model", str(default_model_path()), "--device",
+                 "cpu", "--threads", "1", "--internal-scales", "0.5", "--warmup", "2",
+                 "--out", str(out), "--quiet"])
     assert code == 0
     report = json.loads((out / "bench_node.json").read_text())
     assert report["schema"] == 1 and report["kind"] == "node"
@@ -191,6 +192,12 @@ def test_node_bench_report_schema_and_counts(tmp_path, capsys):
         assert report["memory"][when]["rss_mb"] > 0
         assert report["memory"][when]["gpu_mb"] is None  # CPU node
     assert report["node"]["exit_code"] == 0 and report["cpu_percent"] >= 0
+    assert report["settings"]["internal_scale"] == 0.5
+    assert "internal_scale 0.5, threads 1" in (out / "node.log").read_text()
+    times = report["node_ms"]
+    assert set(times) == {"pairing_wait_ms", "queue_wait_ms", "processing_ms", "preprocess_ms",
+                          "fuse_ms", "postprocess_ms"}
+    assert times["processing_ms"]["p50"] >= times["fuse_ms"]["p50"] > 0
     assert "| case |" in (out / "bench_node.md").read_text()
     assert "80x64 cpu fp32" in capsys.readouterr().out
 
@@ -206,18 +213,34 @@ def test_stage_names_are_documented():
 def test_node_load_report_accounts_for_every_frame(tmp_path, load):
     """``cldyn bench node --load flood|soak``: node, publisher and receiver in three processes,
     tiny frames; every colour frame the node received is published or counted as dropped, and
-    the windows cover the run (no timing assertion)."""
+    the windows cover the run (no timing assertion). The soak also passes an internal scale
+    (node and engine alone) and reliable QoS (node and publisher)."""
     pytest.importorskip("rclpy")
     from ros_helpers import write_checkpoint
 
-    model = write_checkpoint(tmp_path / "model.pt", tasks=())
+    from cldyn_ros.paths import default_model_path
+
+    if load == "soak":
+        model, extra = default_model_path(), ["--internal-scales", "0.5", "--qos", "reliable"]
+    else:
+        model, extra = write_checkpoint(tmp_path / "model.pt", tasks=()), []
     out = tmp_path / load
     code = main(["bench", "node", "--load", load, "--seconds", "4", "--window", "2",
                  "--size", "80x64", "--model", str(model), "--device", "cpu",
-                 "--threads", "1", "--engine-frames", "2", "--out", str(out), "--quiet"])
+                 "--threads", "1", "--engine-frames", "2", "--out", str(out), "--quiet",
+                 *extra])
     assert code == 0
     report = json.loads((out / f"bench_node_{load}.json").read_text())
     assert report["kind"] == f"node-{load}" and report["node"]["exit_code"] == 0
+    ready = next(line for line in (out / "node.log").read_text().splitlines() if "ready:" in line)
+    if load == "soak":
+        assert (report["settings"]["internal_scale"], report["settings"]["qos"]) == (
+            0.5, "reliable")
+        assert "internal_scale 0.5, threads 1" in ready
+        assert "soak: 80x64" in (out / "bench_node_soak.md").read_text()
+        assert "internal_scale 0.5 reliable" in (out / "bench_node_soak.md").read_text()
+    else:
+        assert "internal_scale 1, threads 1" in ready
     rates = (200.0, 200.0) if load == "flood" else (30.0, 60.0)
     assert (report["settings"]["rgb_rate"], report["settings"]["thermal_rate"]) == rates
     a = report["accounting"]
