@@ -14,6 +14,7 @@ fails :func:`test_every_readme_command_is_classified`, so new examples get teste
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shlex
@@ -28,10 +29,8 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 README = REPO_ROOT / "README.md"
 DEFAULT_TOPICS = {"T": "/thermal/image", "R": "/rgb/image"}
-TASK_NETWORKS = ("needs the trained task networks in models/ (task_detection.pt, "
-                 "task_segmentation.pt, task_saliency.pt), not shipped yet")
-TASK_MODEL = ("needs a default model that carries tasks (detection, segmentation): the "
-              "shipped cldyn_default.pt has none yet")
+HAS_TASKS_EXTRA = all(importlib.util.find_spec(m) is not None
+                      for m in ("torchvision", "ultralytics"))
 
 # (regex on the command, action, reason). First match wins. Actions: run (a cldyn
 # command, here), node (start the fusion node and wait until it is ready), skip.
@@ -42,11 +41,13 @@ RULES: list[tuple[str, str, str]] = [
      "robot installation step (needs a ROS 2 distro, apt, sudo); the colcon build of the "
      "package is tested by test/test_colcon.py"),
     (r"^ros2 .*task(s)?:=detection", "skip",
-     "needs the ros2 command line (a ROS 2 distro); and " + TASK_MODEL),
+     "needs the ros2 command line (a ROS 2 distro); test_readme_task_example_with_the_"
+     "default_model runs the node with the example's task and tasks"),
     (r"^ros2 ", "skip", "needs the ros2 command line (a ROS 2 distro)"),
     (r"^python -m cldyn_ros\.ros\.node ", "node", ""),
-    (r"^cldyn eval tasks\b", "skip", TASK_NETWORKS + "; test_readme_eval_tasks_example "
-     "runs it and test/training/test_task_eval.py runs the command with networks it trains"),
+    (r"^cldyn eval tasks\b", "skip", "needs the 'tasks' extra: "
+     "test_readme_eval_tasks_example runs it with the shipped task networks where the extra "
+     "is installed, and test/training/test_task_eval.py with networks it trains"),
     (r"^cldyn train ", "skip", "training runs for minutes to hours; test/training covers it"),
     (r"^cldyn eval suite ", "skip",
      "needs ../shared/data and runs for tens of minutes; test/offline/test_bag_eval.py runs "
@@ -99,6 +100,8 @@ def concrete(command: str, workdir: Path) -> list[str]:
             arg = str(workdir / "pairs" / "vi")
         elif arg == "BAG":
             arg = "readme_bag"
+        elif arg == "DIR|rules":  # label folders: the rule labels (generated pairs)
+            arg = "rules"
         elif arg in ("DIR", "OUT_DIR"):
             arg = f"out_{i}_{args[1]}"
         elif previous == "--thermal-topic" and arg in DEFAULT_TOPICS:
@@ -208,10 +211,11 @@ def _start_node(argv: list[str], workdir: Path) -> None:
                 proc.wait(5)
 
 
-@pytest.mark.xfail(strict=True, reason=TASK_NETWORKS)
+@pytest.mark.skipif(not HAS_TASKS_EXTRA, reason="the 'tasks' extra (torchvision, "
+                    "ultralytics) is not installed: make tasks")
 def test_readme_eval_tasks_example(workdir: Path):
-    """``cldyn eval tasks`` as the README shows it, with the shipped task networks (expected
-    to fail until they ship; strict, so the mark goes once it passes)."""
+    """``cldyn eval tasks`` as the README shows it, with the shipped task networks and the
+    default model's task vectors."""
     (command,) = [c for c in COMMANDS if c.startswith("cldyn eval tasks")]
     argv = concrete(command, workdir)
     result = subprocess.run([sys.executable, "-m", "cldyn_ros.cli", *argv[1:]], cwd=workdir,
@@ -219,11 +223,16 @@ def test_readme_eval_tasks_example(workdir: Path):
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
 
 
-@pytest.mark.xfail(strict=True, reason=TASK_MODEL)
 def test_readme_task_example_with_the_default_model(workdir: Path):
     """``ros2 run cldyn_ros fusion_node --ros-args -p task:=detection`` as the README shows
-    it, run without the ros2 CLI: it needs the task-carrying default model (expected to
-    fail until that model ships; strict, so the mark goes once it passes)."""
+    it, run without the ros2 CLI, and the node with the launch example's
+    ``tasks:=detection,segmentation`` (as the launch file passes it): both need the
+    task-carrying default model."""
     (command,) = [c for c in COMMANDS if c.startswith("ros2 run cldyn_ros fusion_node")]
     args = command.split("fusion_node", 1)[1].split()
     _start_node(["python", "-m", "cldyn_ros.ros.node", *args], workdir)
+    (launch,) = [c for c in COMMANDS if c.startswith("ros2 launch") and "tasks:=" in c]
+    tasks = re.search(r"\btasks:=(\S+)", launch).group(1)
+    assert tasks == "detection,segmentation"
+    _start_node(["python", "-m", "cldyn_ros.ros.node", "--ros-args", "-p",
+                 f"tasks:=[{tasks}]"], workdir)

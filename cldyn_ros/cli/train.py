@@ -175,6 +175,9 @@ def _register_rsc(stages: argparse._SubParsersAction) -> None:
     ):
         r.add_argument(f"--{name}", type=typ, help=text)
     r.add_argument("--precision", choices=("fp32", "bf16"), help="default fp32")
+    r.add_argument("--relative", action="store_true", default=None,
+                   help="divide each task's loss and its fidelity term by their values on "
+                   "the plain fusion of the batch (tasks of different loss scale weigh alike)")
     r.add_argument("--fresh-rsc", action="store_true", default=None,
                    help="start from a new RSC even if the --vfn checkpoint has one")
     r.add_argument("--device", help="cpu, cuda, ... (default cpu)")

@@ -148,6 +148,9 @@ def hog_people(ir: np.ndarray, rgb: np.ndarray, rules: LabelRules = LabelRules()
     if float(y.mean()) < rules.min_light:
         return np.zeros((0, 5), np.float32)
     hog = cv2.HOGDescriptor()
+    win_w, win_h = hog.winSize
+    if 2 * w < win_w or 2 * h < win_h:  # no detection window fits (OpenCV crashes on these)
+        return np.zeros((0, 5), np.float32)
     hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())  # type: ignore[attr-defined]
     grey = cv2.resize((np.clip(y, 0, 1) * 255).astype(np.uint8), (2 * w, 2 * h),
                       interpolation=cv2.INTER_LINEAR)

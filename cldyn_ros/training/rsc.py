@@ -101,6 +101,11 @@ class RSCTrainConfig:
     # qabf_border, anchor_weight).
     fidelity_weight: float = 0.0
     fidelity: dict[str, Any] = field(default_factory=dict)
+    # Relative losses: each task's reward-penalty loss and its fidelity term are divided by
+    # their values on the plain fusion of the same batch (constants), so tasks whose losses
+    # differ in scale (a detection loss of ~7 beside a cross-entropy of ~0.4) weigh alike
+    # in the min-norm solve and one fidelity_weight is the same trade for every task.
+    relative: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -257,11 +262,15 @@ def train_step(loop: Loop, batches: Sequence[tuple[Tensor, Tensor, Any]],
             vectors = loop.adapters[task.name](pooled)
             l_r, fused = loop.compensated(task, ir, vis_rgb, target, vectors)
         loss, l_p = reward_penalty(l_r, loss_before, config.penalty)
+        if config.relative:
+            loss = loss / loss_before.detach().clamp_min(1e-8)
         l_f = loop.fidelity_of(fused, ir, vis_rgb)
         if loop.fidelity is not None:
-            loss = loss + config.fidelity_weight * l_f
             with torch.no_grad():
-                f_before = float(loop.fidelity_of(plain, ir, vis_rgb))
+                plain_fidelity = loop.fidelity_of(plain, ir, vis_rgb)
+            f_before = float(plain_fidelity)
+            term = l_f / plain_fidelity.clamp_min(1e-8) if config.relative else l_f
+            loss = loss + config.fidelity_weight * term
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         rows.append(torch.cat([
             (g if g is not None else torch.zeros_like(p)).reshape(-1).float()
@@ -288,11 +297,14 @@ def train_step(loop: Loop, batches: Sequence[tuple[Tensor, Tensor, Any]],
 
 @torch.no_grad()
 def evaluate_tasks(loop: Loop, tasks_batches: Mapping[str, list], vectors: Mapping[str, Tensor],
-                   fidelity_weight: float = 0.0) -> dict[str, dict[str, float]]:
+                   fidelity_weight: float = 0.0, relative: bool = False
+                   ) -> dict[str, dict[str, float]]:
     """Mean task loss before / after compensation with one vector per task (eval mode).
 
     With a fidelity loss in ``loop``, also its mean before / after, and ``ratio`` is that of
-    ``task loss + fidelity_weight x fidelity`` (the training objective).
+    ``task loss + fidelity_weight x fidelity`` (the training objective); with ``relative``
+    that of ``task loss / plain task loss + fidelity_weight x fidelity / plain fidelity``
+    (1 for plain fusion).
 
     ``vectors`` may name a different task's vector for a task (cross-task evaluation): pass
     ``{task: vector}`` with the vector you want to apply to that task's data.
@@ -322,9 +334,14 @@ def evaluate_tasks(loop: Loop, tasks_batches: Mapping[str, list], vectors: Mappi
             if loop.fidelity is not None:
                 # the ratio of the training objective (task loss + weighted fidelity)
                 w = fidelity_weight
+                if relative:
+                    ratio = (after / max(before, 1e-12)
+                             + w * fid_after / max(fid_before, 1e-12)) / (1 + w)
+                else:
+                    ratio = (after + w * fid_after) / max(before + w * fid_before, 1e-12)
                 results[task.name].update({
                     "fidelity_before": fid_before / n, "fidelity_after": fid_after / n,
-                    "ratio": (after + w * fid_after) / max(before + w * fid_before, 1e-12)})
+                    "ratio": ratio})
     finally:
         loop.train(was_training)
     return results
@@ -464,7 +481,8 @@ def train_rsc(config: RSCTrainConfig, tasks: Sequence[Task], progress: bool = Tr
             since = 0
             row["weights"] = " ".join(f"{w:.3f}" for w in stats["_weights"])
             row["grad_norm"] = stats["_grad_norm"]
-            val = evaluate_tasks(loop, val_batches, ema, config.fidelity_weight) \
+            val = evaluate_tasks(loop, val_batches, ema, config.fidelity_weight,
+                                 config.relative) \
                 if val_batches else {}
             for n, v in val.items():
                 row[f"{n}/val_before"] = v["before"]
@@ -499,7 +517,8 @@ def train_rsc(config: RSCTrainConfig, tasks: Sequence[Task], progress: bool = Tr
         loop.model.load_state_dict(best["state"]["model"])
         loop.adapters.load_state_dict(best["state"]["adapters"])
     vectors = deployment_vectors(loop, config)
-    final_val = evaluate_tasks(loop, val_batches, vectors, config.fidelity_weight) \
+    final_val = evaluate_tasks(loop, val_batches, vectors, config.fidelity_weight,
+                                config.relative) \
         if val_batches else {}
     metadata = {
         "trained_on": {t.name: {"data": t.train.describe(),

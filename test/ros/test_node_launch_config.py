@@ -209,7 +209,7 @@ def test_config_sets_only_declared_parameters_with_valid_values():
     same = [k for k, v in params.items() if k in PARAMETER_SPECS
             and v == PARAMETER_SPECS[k].default_value]
     assert not same, f"fusion.yaml repeats the schema's defaults of {same}"
-    # Together they validate (the shipped default model has no tasks: only 'none').
+    # Together they validate with task 'none' alone (any model: fusion.yaml names no task).
     values = {p.name: list(p.default) if p.kind.endswith("_array") else p.default
               for p in PARAMETERS}
     values.update(params)

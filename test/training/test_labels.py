@@ -135,3 +135,12 @@ def test_rules_against_the_real_msrs_boxes(shared_data: Path) -> None:
     assert scores["detection boxes (HOG + warm)"]["true"] == sum(len(p["boxes"]) for p in pairs)
     for s in scores.values():
         assert 0.0 <= s["precision"] <= 1.0 and 0.0 <= s["recall"] <= 1.0
+
+
+def test_hog_people_on_frames_smaller_than_its_window_finds_none() -> None:
+    """A bright frame too small for one HOG window (64 x 128 after the 2x upscale) gives no
+    person instead of crashing OpenCV."""
+    rng = np.random.default_rng(0)
+    ir = rng.random((40, 56), dtype=np.float32)
+    rgb = np.full((40, 56, 3), 0.8, np.float32)
+    assert L.hog_people(ir, rgb).shape == (0, 5)

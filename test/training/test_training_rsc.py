@@ -28,7 +28,7 @@ from cldyn_ros.training.rsc import (
     train_rsc,
     train_step,
 )
-from cldyn_ros.training.task_networks import SmallSegNet, TaskNetwork
+from cldyn_ros.training.task_networks import LOSSES, SmallSegNet, TaskNetwork
 
 TINY = {"task_dim": 16, "embed_dim": 16, "bank_size": 4, "basis_dim": 32, "kernel_hidden": 8}
 FACTORY = "cldyn_ros.training.task_networks:SmallSegNet"
@@ -221,6 +221,36 @@ def test_fidelity_term_adds_the_fusion_loss_gradient(pairs_dir: Path, tmp_path: 
     with pytest.raises(ValueError, match="unknown fidelity settings"):
         fidelity_loss(RSCTrainConfig(vfn=str(vfn), out="", fidelity_weight=1.0,
                                      fidelity={"edge_weight": 1.0}))
+
+
+def test_relative_losses_make_the_update_independent_of_each_task_loss_scale(
+        pairs_dir: Path) -> None:
+    """With ``relative`` a task whose loss is 100 x larger (same network) gives the same
+    update; without it the update changes."""
+    items = read_pairs(pairs_dir / "ir", pairs_dir / "vi")
+    batches = None
+    updates = {}
+    for relative, scale in itertools.product((False, True), (1.0, 100.0)):
+        tasks = []
+        for i, label in enumerate(("warm_objects", "visible_edges")):
+            torch.manual_seed(10 + i)
+            factor = scale if i == 0 else 1.0
+            net = TaskNetwork(label, SmallSegNet(width=4, feature_channels=8), "body",
+                              lambda out, t, f=factor: f * LOSSES["bce"](out, t))
+            tasks.append(Task(net, self_supervised(label, items, 0.0)))
+        if batches is None:
+            gen = torch.Generator().manual_seed(0)
+            batches = [t.train.batch(2, 32, gen) for t in tasks]
+        torch.manual_seed(0)
+        loop = Loop(tiny_model(active=True), tasks, torch.device("cpu"),
+                    FusionLoss(qabf_weight=1.0, ssim_weight=0.5))
+        loop.train()
+        torch.manual_seed(1)  # same Gumbel exploration noise in every run
+        train_step(loop, batches, RSCTrainConfig(vfn="", out="", fidelity_weight=1.0,
+                                                 relative=relative, clip=1e9), None)
+        updates[relative, scale] = torch.cat([p.grad.flatten() for p in loop.trainable()])
+    torch.testing.assert_close(updates[True, 1.0], updates[True, 100.0], rtol=1e-3, atol=1e-6)
+    assert not torch.allclose(updates[False, 1.0], updates[False, 100.0], rtol=1e-2)
 
 
 # --- training runs -------------------------------------------------------------------------
