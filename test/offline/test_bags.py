@@ -419,6 +419,9 @@ def test_ctrl_c_during_bag_from_images_leaves_no_bag(tmp_path: Path) -> None:
          "--out", str(out), "--no-progress"],
         cwd=repo, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
+        # As from a terminal: a run started in the background by a non-interactive shell
+        # (nohup ... &) passes SIGINT on as ignored, and the child would never see it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 90

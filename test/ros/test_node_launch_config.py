@@ -178,7 +178,7 @@ def test_launch_file_uses_launch_ros_as_documented():
     assert len(joins) == 1
     assert ast.unparse(joins[0].args[0]) == "[FindPackageShare(PACKAGE), *PARAMS_FILE]"
     assert "/".join(module.PARAMS_FILE) == "config/fusion.yaml" and CONFIG_FILE.is_file()
-    assert '(f"{SHARE}/config", _files("config/*.yaml"))' in (REPO / "setup.py").read_text()
+    assert '(f"{SHARE}/config", _files("config/*.yaml")' in (REPO / "setup.py").read_text()
     node = next(n for n in ast.walk(_function(tree, "launch_setup")) if isinstance(n, ast.Call)
                 and getattr(n.func, "id", "") == "Node")
     kw = {k.arg: ast.unparse(k.value) for k in node.keywords}
