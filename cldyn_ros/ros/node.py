@@ -184,6 +184,7 @@ class FusionNode(LifecycleNode):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
+        self._refuse_unavailable_transitions()
         self._lock = threading.RLock()  # parameter values, task publishers
         self._publish_lock = threading.Lock()
         self._closed = False
@@ -207,6 +208,30 @@ class FusionNode(LifecycleNode):
             for trigger in (self.trigger_configure, self.trigger_activate):
                 if trigger() != TransitionCallbackReturn.SUCCESS:
                     self._fail_start(self.transition_error or "the start transitions failed")
+
+    def _refuse_unavailable_transitions(self) -> None:
+        """Answer ``~/change_state`` for a transition the current state lacks with failure.
+
+        rclpy 7 (Jazzy) raises out of the service callback there instead of answering, and
+        the exception ends the executor's spin: the caller waits in vain and the node stops.
+        """
+        service = getattr(self, "_service_change_state", None)
+        if service is None:  # no lifecycle services (enable_communication_interface=False)
+            return
+        change_state = service.callback
+
+        def checked(request: Any, response: Any) -> Any:
+            transition = request.transition
+            if not transition.label and transition.id not in {
+                    t[0] for t in self._state_machine.available_transitions}:
+                state = self._state_machine.current_state[1]
+                self.get_logger().error(
+                    f"transition {transition.id} is not available in state '{state}'")
+                response.success = False
+                return response
+            return change_state(request, response)
+
+        service.callback = checked
 
     def _fail_start(self, reason: str) -> None:
         self._closed = True
