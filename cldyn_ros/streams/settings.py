@@ -53,7 +53,8 @@ class ParamSpec:
     ``kind`` is one of ``bool``, ``int``, ``double``, ``string``, ``string_array``,
     ``double_array``; ``low``/``high`` give an inclusive range; ``choices`` a closed set of
     strings; ``read_only`` settings are fixed after start; ``constraints`` says in words
-    what the type and range do not (checked by :meth:`FusionSettings.from_values`).
+    what the type and range do not (checked by :meth:`FusionSettings.from_values`);
+    ``launch`` settings are arguments of launch/fusion.launch.py.
     """
 
     name: str
@@ -65,6 +66,7 @@ class ParamSpec:
     choices: tuple[str, ...] = ()
     read_only: bool = False
     constraints: str = ""
+    launch: bool = False
 
     @property
     def default_value(self) -> Any:
@@ -74,12 +76,13 @@ class ParamSpec:
 
 def setting(default: Any, description: str, *, low: float | None = None,
             high: float | None = None, choices: Sequence[str] = (), read_only: bool = False,
-            constraints: str = "", table: str = "") -> Any:
+            constraints: str = "", table: str = "", launch: bool = False) -> Any:
     """A :class:`FusionSettings` field; ``table`` is its README description when that
     differs from the (longer) parameter description."""
     return field(default=default, metadata={
         "description": description, "low": low, "high": high, "choices": tuple(choices),
         "read_only": read_only, "constraints": constraints, "table": table,
+        "launch": launch,
     })
 
 
@@ -92,18 +95,18 @@ class FusionSettings:
     autostart: bool = setting(
         True, "configure and activate the (lifecycle) node at start; false: it waits "
         "unconfigured for a lifecycle manager's transitions", read_only=True,
-        table="configure + activate at start; `false`: wait for lifecycle transitions")
+        table="configure + activate at start; `false`: wait for lifecycle transitions", launch=True)
     # --- model (read-only)
     model_path: str = setting(
         "", "CLDyN checkpoint (.pt); empty: the shipped models/cldyn_default.pt found "
         "through the package's share directory", read_only=True,
-        table="checkpoint; empty = the shipped `models/cldyn_default.pt`")
+        table="checkpoint; empty = the shipped `models/cldyn_default.pt`", launch=True)
     device: str = setting(
         "auto", "torch device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N",
-        read_only=True, constraints="auto, cpu, cuda or cuda:N", table="torch device")
+        read_only=True, constraints="auto, cpu, cuda or cuda:N", table="torch device", launch=True)
     precision: str = setting("fp32", "inference precision (autocast); on a CPU bf16 / fp16 only "
                              "where it has native instructions",
-                             choices=tuple(PRECISIONS), read_only=True)
+                             choices=tuple(PRECISIONS), read_only=True, launch=True)
     threads: int = setting(0, "CPU threads for torch; 0 keeps torch's default", low=0,
                            high=256, read_only=True,
                            table="torch CPU threads, 0 = torch default")
@@ -133,12 +136,12 @@ class FusionSettings:
     # --- task selection
     task: str = setting(NO_TASK, "task the compensation serves on fused/image; 'none' is "
                         "plain fusion", constraints="a task of the loaded model, or none",
-                        table="task served on `fused/image`")
+                        table="task served on `fused/image`", launch=True)
     tasks: tuple[str, ...] = setting(
         (), "when non-empty: one batched inference serves all these tasks and each goes to "
         "fused/<task>/image (fused/image is then not published)",
         constraints="distinct tasks of the loaded model, or none",
-        table="one output per task, `fused/<task>/image`")
+        table="one output per task, `fused/<task>/image`", launch=True)
     task_weights: tuple[str, ...] = setting(
         (), "a blend of task vectors for fused/image, as 'task:weight' entries (weights are "
         "normalised); when non-empty it replaces 'task'",
@@ -147,10 +150,10 @@ class FusionSettings:
     compensation_strength: float = setting(
         1.0, "strength of the task compensation (0 = plain fusion); the start value of the "
         "adaptive controller", low=0.0, high=1.0,
-        table="0 = plain fusion; start value of the controller")
+        table="0 = plain fusion; start value of the controller", launch=True)
     # --- closed loop
     adaptive_strength: bool = setting(
-        False, "adapt the strength per task from scores on ~/task_feedback")
+        False, "adapt the strength per task from scores on ~/task_feedback", launch=True)
     adaptive_min_strength: float = setting(0.0, "lower bound of the adaptive strength",
                                            low=0.0, high=1.0)
     adaptive_max_strength: float = setting(1.0, "upper bound of the adaptive strength",
@@ -179,15 +182,15 @@ class FusionSettings:
         "on thermal/image) or compressed (sensor_msgs/CompressedImage on the resolved "
         "thermal/image topic + /compressed)", choices=TRANSPORTS, read_only=True,
         table="`raw`: `sensor_msgs/Image` on `thermal/image`; `compressed`: "
-        "`CompressedImage` on `<thermal/image>/compressed`")
+        "`CompressedImage` on `<thermal/image>/compressed`", launch=True)
     rgb_transport: str = setting(
         "raw", "how colour images arrive: raw (sensor_msgs/Image on rgb/image) or compressed "
         "(sensor_msgs/CompressedImage on the resolved rgb/image topic + /compressed)",
         choices=TRANSPORTS, read_only=True,
-        table="as `thermal_transport`, for `rgb/image`")
+        table="as `thermal_transport`, for `rgb/image`", launch=True)
     # --- output
     output_encoding: str = setting("rgb8", "encoding of the fused images",
-                                   choices=OUTPUT_ENCODINGS)
+                                   choices=OUTPUT_ENCODINGS, launch=True)
     metrics_every_n: int = setting(
         10, "compute fusion metrics (EN, SD, SF, AG, MI, Qabf) on every n-th fused frame; 0 "
         "disables", low=0, high=100000)
@@ -316,7 +319,7 @@ class FusionSettings:
 def _spec(f: dataclasses.Field) -> ParamSpec:
     m = f.metadata
     return ParamSpec(f.name, _KINDS[str(f.type)], f.default, m["description"], m["low"],
-                     m["high"], m["choices"], m["read_only"], m["constraints"])
+                     m["high"], m["choices"], m["read_only"], m["constraints"], m["launch"])
 
 
 #: Every setting, in declaration order.
