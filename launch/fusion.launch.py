@@ -11,10 +11,10 @@ is empty by default for that reason. ``tasks`` is comma-separated
 (``tasks:=detection,segmentation``). Topic arguments remap the node's inputs and its single
 output; per-task outputs ``fused/<task>/image`` follow ``namespace``.
 
-Each parameter argument's type and description come from the node's settings schema
-(``cldyn_ros.streams.settings``). The tables below are read by
-test/ros/test_node_launch_config.py: every launch argument must name a setting or
-``use_sim_time``, remap a topic, or be one of OTHER_ARGUMENTS.
+The parameter arguments, with their types and descriptions, come from the node's settings
+schema (``cldyn_ros.streams.settings``: the settings marked ``launch``). The tables below
+are read by test/ros/test_node_launch_config.py: every launch argument must name a setting
+or ``use_sim_time``, remap a topic, or be one of OTHER_ARGUMENTS.
 The launch modules are imported inside the functions that use them, so the tables and
 :func:`node_settings` import and run where launch/launch_ros are not installed.
 """
@@ -23,11 +23,9 @@ PACKAGE = "cldyn_ros"
 EXECUTABLE = "fusion_node"
 NODE_NAME = "cldyn_fusion"
 
-# Node parameters offered as launch arguments (same names). Empty = no override.
-PARAMETER_ARGUMENTS = (
-    "task", "tasks", "compensation_strength", "adaptive_strength", "output_encoding", "device",
-    "precision", "model_path", "use_sim_time",
-)
+# Node parameters offered as launch arguments (same names), besides the schema's: see
+# parameter_arguments(). Empty = no override.
+BUILTIN_ARGUMENTS = ("use_sim_time",)
 # launch argument -> the node's topic it remaps (default: unchanged).
 REMAP_ARGUMENTS = {
     "thermal_topic": "thermal/image",
@@ -43,6 +41,14 @@ OTHER_ARGUMENTS = {
 ARGUMENT_DEFAULTS = {"log_level": "info"}
 #: The default params file, relative to the package's share folder.
 PARAMS_FILE = ("config", "fusion.yaml")
+
+
+def parameter_arguments() -> tuple[str, ...]:
+    """The node parameters that are launch arguments: the settings the schema marks
+    ``launch``, in its order, and BUILTIN_ARGUMENTS."""
+    from cldyn_ros.streams.settings import PARAMETERS
+
+    return (*(p.name for p in PARAMETERS if p.launch), *BUILTIN_ARGUMENTS)
 
 
 def _kind_and_description(parameter: str) -> tuple[str, str]:
@@ -80,7 +86,7 @@ def node_settings(values: dict) -> dict:
         return str(values.get(name, "") or "").strip()
 
     overrides = {}
-    for parameter in PARAMETER_ARGUMENTS:
+    for parameter in parameter_arguments():
         text = value(parameter)
         if text:
             converted = _convert(parameter, text, _kind_and_description(parameter)[0])
@@ -98,7 +104,7 @@ def launch_setup(context, *args, **kwargs):
     from launch.substitutions import LaunchConfiguration
     from launch_ros.actions import Node
 
-    names = [*PARAMETER_ARGUMENTS, *REMAP_ARGUMENTS, *OTHER_ARGUMENTS]
+    names = [*parameter_arguments(), *REMAP_ARGUMENTS, *OTHER_ARGUMENTS]
     settings = node_settings({n: LaunchConfiguration(n).perform(context) for n in names})
     return [
         Node(
@@ -122,7 +128,7 @@ def generate_launch_description():
     from launch_ros.substitutions import FindPackageShare
 
     arguments = []
-    for name in PARAMETER_ARGUMENTS:
+    for name in parameter_arguments():
         arguments.append(DeclareLaunchArgument(
             name, default_value=ARGUMENT_DEFAULTS.get(name, ""),
             description=_kind_and_description(name)[1]))

@@ -34,7 +34,7 @@ CONFIG_FILE = REPO / "config" / "fusion.yaml"
 REQUIRED_ARGUMENTS = {
     "namespace", "thermal_topic", "rgb_topic", "fused_topic", "task", "tasks",
     "compensation_strength", "device", "precision", "model_path", "params_file",
-    "use_sim_time",
+    "use_sim_time", "autostart", "thermal_transport", "rgb_transport",
 }
 
 
@@ -53,7 +53,8 @@ def _module_tables() -> dict[str, object]:
 # ------------------------------------------------------------------ launch file: static
 def test_launch_arguments_map_to_parameters_or_remappings():
     t = _module_tables()
-    params, remaps, others = t["PARAMETER_ARGUMENTS"], t["REMAP_ARGUMENTS"], t["OTHER_ARGUMENTS"]
+    params = _launch_module().parameter_arguments()
+    remaps, others = t["REMAP_ARGUMENTS"], t["OTHER_ARGUMENTS"]
     all_arguments = set(params) | set(remaps) | set(others)
     assert len(all_arguments) == len(params) + len(remaps) + len(others), "argument listed twice"
     assert REQUIRED_ARGUMENTS <= all_arguments, REQUIRED_ARGUMENTS - all_arguments
@@ -67,7 +68,8 @@ def test_launch_arguments_map_to_parameters_or_remappings():
 
 def test_launch_file_uses_only_tabled_arguments_and_the_right_node():
     t = _module_tables()
-    known = set(t["PARAMETER_ARGUMENTS"]) | set(t["REMAP_ARGUMENTS"]) | set(t["OTHER_ARGUMENTS"])
+    known = (set(_launch_module().parameter_arguments()) | set(t["REMAP_ARGUMENTS"])
+             | set(t["OTHER_ARGUMENTS"]))
     tree = ast.parse(LAUNCH_FILE.read_text())
     used = set()
     for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
@@ -101,7 +103,8 @@ def test_parameter_arguments_are_described_by_the_schema():
 
 
 def _argument_defaults(module) -> dict[str, str]:
-    values = {name: module.ARGUMENT_DEFAULTS.get(name, "") for name in module.PARAMETER_ARGUMENTS}
+    values = {name: module.ARGUMENT_DEFAULTS.get(name, "")
+              for name in module.parameter_arguments()}
     values.update(module.REMAP_ARGUMENTS)  # topic arguments default to the node's topic
     values.update({name: module.ARGUMENT_DEFAULTS.get(name, "") for name in module.OTHER_ARGUMENTS})
     return values
@@ -129,7 +132,8 @@ def test_node_settings_overrides_and_remappings():
         params_file="/p.yaml", task="detection", tasks="detection, segmentation",
         compensation_strength="0.4", adaptive_strength="true", device="cpu",
         model_path="/m.pt", use_sim_time="true", thermal_topic="/flir/image",
-        rgb_topic="/cam/color", fused_topic="/out", namespace="robot",
+        rgb_topic="/cam/color", fused_topic="/out", namespace="robot", autostart="false",
+        thermal_transport="compressed", rgb_transport="raw",
     )
     settings = module.node_settings(values)
     params_file, overrides = settings["parameters"]
@@ -137,7 +141,8 @@ def test_node_settings_overrides_and_remappings():
     assert overrides == {
         "task": "detection", "tasks": ["detection", "segmentation"],
         "compensation_strength": 0.4, "adaptive_strength": True, "device": "cpu",
-        "model_path": "/m.pt", "use_sim_time": True,
+        "model_path": "/m.pt", "use_sim_time": True, "autostart": False,
+        "thermal_transport": "compressed", "rgb_transport": "raw",
     }
     for name, value in overrides.items():
         if name in PARAMETER_SPECS:
@@ -262,3 +267,14 @@ def test_launch_file_with_launch_ros():
     (node,) = module.launch_setup(context)
     assert node.node_executable == "fusion_node"
     assert node.node_package == "cldyn_ros"
+
+
+def test_readme_lists_every_launch_argument():
+    import re
+
+    module = _launch_module()
+    text = (REPO / "README.md").read_text()
+    paragraph = text.split("Launch arguments:", 1)[1].split("\n\n", 1)[0]
+    listed = set(re.findall(r"`([a-z_]+)`", paragraph))
+    arguments = {*module.parameter_arguments(), *module.REMAP_ARGUMENTS, *module.OTHER_ARGUMENTS}
+    assert arguments <= listed, f"README lacks launch arguments {arguments - listed}"
