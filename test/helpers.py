@@ -9,6 +9,9 @@ mode then puts ``test/`` itself on ``sys.path`` (as it does for ``conftest.py``)
 
 from __future__ import annotations
 
+import signal
+import subprocess
+
 import numpy as np
 import torch
 from torch import nn
@@ -87,3 +90,15 @@ def random_inputs(b: int, h: int, w: int, seed: int = 0) -> tuple[torch.Tensor, 
     """Network inputs ``ir, vis_y`` of shape ``(b, 1, h, w)`` in ``[0, 1]``."""
     gen = torch.Generator().manual_seed(seed + 200)
     return torch.rand(b, 1, h, w, generator=gen), torch.rand(b, 1, h, w, generator=gen)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    """Stop a child as Ctrl-C would (SIGINT), killing it if it is not gone in ``timeout`` s."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)

@@ -37,7 +37,7 @@ ALLOWED: dict[str, set[str]] = {
 }
 ROS_PACKAGES = {
     "rclpy", "sensor_msgs", "std_msgs", "std_srvs", "diagnostic_msgs", "rcl_interfaces",
-    "builtin_interfaces", "message_filters", "rosgraph_msgs", "launch", "launch_ros",
+    "builtin_interfaces", "rosgraph_msgs", "launch", "launch_ros",
     "lifecycle_msgs", "vision_msgs",
 }
 # ament's index lookup (no middleware) finds the installed share directory of a colcon

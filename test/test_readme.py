@@ -18,13 +18,13 @@ import importlib.util
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers import stop_process
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 README = REPO_ROOT / "README.md"
@@ -202,13 +202,7 @@ def _start_node(argv: list[str], workdir: Path) -> None:
         text = log.read_text()
         assert proc.poll() is None and "ready:" in text, f"node did not start:\n{text[-3000:]}"
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_process(proc, timeout=20)
 
 
 @pytest.mark.skipif(not HAS_TASKS_EXTRA, reason="the 'tasks' extra (torchvision, "

@@ -69,7 +69,6 @@ from ..streams.settings import (
 from ..streams.worker import LatestPairWorker
 from .node_io import (
     FEEDBACK_TOPIC,
-    HAVE_MESSAGE_FILTERS,
     LEVELS,
     free_device_memory,
     kv,
@@ -195,7 +194,6 @@ class FusionNode(LifecycleNode):
         self._outputs: dict[str, tuple[Any, Any]] = {}  # label -> (image, camera_info) pubs
         self._active_entities: list[Any] = []  # subscriptions and services while active
         self._color_info: CameraInfoData | None = None
-        self._synchronizer: Any = None  # message_filters, where used
         self._float_warned = False
         self.transition_error = ""
         try:
@@ -324,9 +322,8 @@ class FusionNode(LifecycleNode):
         for entity in self._active_entities:
             destroy = (self.destroy_service if hasattr(entity, "srv_type")
                        else self.destroy_subscription)
-            destroy(getattr(entity, "sub", entity))  # message_filters wraps a subscription
+            destroy(entity)
         self._active_entities.clear()
-        self._synchronizer = None
         if self.worker is not None:
             self.worker.stop()
             self.worker = None
@@ -367,14 +364,9 @@ class FusionNode(LifecycleNode):
         return resolve_topic(self, RGB_TOPIC)
 
     def _make_inputs(self, s: FusionSettings) -> None:
-        if s.use_message_filters and not HAVE_MESSAGE_FILTERS:
-            self._warn("use_message_filters is true but the ROS 2 message_filters package is "
-                       "not installed: using the built-in approximate-time pairer")
         topics = {"thermal": (THERMAL_TOPIC, s.thermal_transport),
                   "color": (RGB_TOPIC, s.rgb_transport)}
-        subs, self._synchronizer = make_image_inputs(self, s, topics, self._on_image,
-                                                     self._on_synchronized)
-        self._active_entities += subs
+        self._active_entities += make_image_inputs(self, topics, self._on_image)
 
     def _warn(self, text: str) -> None:
         self.get_logger().warning(text)
@@ -405,14 +397,6 @@ class FusionNode(LifecycleNode):
                 self._values = values
                 return SetParametersResult(successful=True)
             old = pipeline.settings
-            if self._synchronizer is not None and (
-                (settings.slop, settings.queue_size) != (old.slop, old.queue_size)
-            ):
-                pipeline.rejections.add("parameters")
-                return SetParametersResult(
-                    successful=False,
-                    reason="slop and queue_size are fixed while use_message_filters is on",
-                )
             self._values = values
             pipeline.update(settings)
             for task in settings.tasks:  # subscribers can connect before the first frame
@@ -459,22 +443,6 @@ class FusionNode(LifecycleNode):
         for pair in self.pipeline.add(role, frame):
             if self._wanted():
                 worker.submit((pair, time.monotonic_ns()))
-
-    def _on_synchronized(self, thermal_msg: Any, color_msg: Any) -> None:  # pragma: no cover
-        """message_filters callback (only where it is installed: no test runs it here)."""
-        worker = self.worker
-        if self._closed or worker is None:
-            return
-        arrival = time.monotonic_ns()
-        self.pipeline.received(2)
-        thermal, color = self._receive("thermal", thermal_msg), self._receive("color", color_msg)
-        if thermal is None or color is None:
-            return
-        t_ns, c_ns = stamp_to_ns(thermal_msg.header.stamp), stamp_to_ns(color_msg.header.stamp)
-        pair = Pair(Frame(c_ns, color, color_msg.header.frame_id, arrival),
-                    Frame(t_ns, thermal, thermal_msg.header.frame_id, arrival), c_ns - t_ns)
-        if self._wanted():
-            worker.submit((pair, arrival))
 
     def _wanted(self) -> bool:
         """Whether any output has a subscriber (else the pair is skipped and counted)."""

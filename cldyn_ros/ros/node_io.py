@@ -26,19 +26,13 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from ..streams.camera_info import camera_info_topic
 
-try:  # ROS 2 message_filters: optional (not installable from PyPI)
-    import message_filters
-except ImportError:  # pragma: no cover - depends on the installation
-    message_filters = None
-HAVE_MESSAGE_FILTERS = message_filters is not None
-
 try:  # vision_msgs: optional (a ROS distro has it; no wheel on PyPI)
     from vision_msgs.msg import Detection2DArray
 except ImportError:  # pragma: no cover - depends on the installation
     Detection2DArray = None
 
 __all__ = [
-    "DETECTIONS_TOPIC", "FEEDBACK_TOPIC", "HAVE_MESSAGE_FILTERS", "LEVELS", "QOS_OVERRIDES",
+    "DETECTIONS_TOPIC", "FEEDBACK_TOPIC", "LEVELS", "QOS_OVERRIDES",
     "Detection2DArray", "free_device_memory", "input_qos", "input_qos_overrides",
     "input_topic", "input_type", "kv", "make_feedback_subscriptions", "make_image_inputs",
     "output_publishers", "output_qos", "qos_override_name", "resolve_topic", "ros_args",
@@ -135,30 +129,20 @@ def input_type(transport: str) -> type:
     return Image if transport == "raw" else CompressedImage
 
 
-def make_image_inputs(node: Node, s: Any, topics: dict[str, tuple[str, str]],
-                      on_image: Callable[[str, Any], None],
-                      on_synchronized: Callable[[Any, Any], None]) -> tuple[list[Any], Any]:
-    """The image subscriptions: ``(subscriptions, message_filters synchronizer or None)``.
+def make_image_inputs(node: Node, topics: dict[str, tuple[str, str]],
+                      on_image: Callable[[str, Any], None]) -> list[Any]:
+    """The image subscriptions.
 
     ``topics`` maps ``thermal`` / ``color`` to ``(base topic, transport)``; each input is
     in a callback group of its own (so it stays in order), with sensor-data QoS that
-    ``qos_overrides`` parameters can change. With ``use_message_filters`` (where the package
-    is installed) an ApproximateTimeSynchronizer pairs instead of the built-in pairer.
+    ``qos_overrides`` parameters can change.
     """
     inputs = [(role, input_topic(node, topic, transport), input_type(transport))
               for role, (topic, transport) in topics.items()]
-    if s.use_message_filters and HAVE_MESSAGE_FILTERS:  # pragma: no cover - needs a distro
-        subs = [message_filters.Subscriber(node, kind, topic, qos_profile=input_qos(),
-                                           callback_group=MutuallyExclusiveCallbackGroup(),
-                                           qos_overriding_options=QOS_OVERRIDES())
-                for _, topic, kind in inputs]
-        synchronizer = message_filters.ApproximateTimeSynchronizer(subs, s.queue_size, s.slop)
-        synchronizer.registerCallback(on_synchronized)
-        return subs, synchronizer
     return [node.create_subscription(kind, topic, partial(on_image, role), input_qos(),
                                      callback_group=MutuallyExclusiveCallbackGroup(),
                                      qos_overriding_options=QOS_OVERRIDES())
-            for role, topic, kind in inputs], None
+            for role, topic, kind in inputs]
 
 
 def output_publishers(node: Node, image_topic: str) -> tuple[Any, Any]:

@@ -172,10 +172,6 @@ class FusionSettings:
     max_delay: float = setting(
         0.5, "frames older than the newest stamp minus this are stale, seconds", low=0.001,
         high=60.0)
-    use_message_filters: bool = setting(
-        False, "pair with message_filters.ApproximateTimeSynchronizer instead of the "
-        "built-in pairer (only where the ROS 2 message_filters package is installed; "
-        "otherwise a warning and the built-in pairer)", read_only=True)
     # --- inputs (read-only)
     thermal_transport: str = setting(
         "raw", "how thermal images arrive, as image_transport names it: raw (sensor_msgs/Image "

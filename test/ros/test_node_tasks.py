@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from diagnostic_msgs.msg import DiagnosticStatus
 from ros_helpers import (  # noqa: F401  (fixtures)
     NODE,
     find_status,
@@ -150,22 +149,6 @@ def test_bad_start_values_fail_with_a_reason(ros, model_path, tmp_path):
         start(model_path=str(model_path), precision="fp8")
     with pytest.raises(StartupError, match="warmup_width and warmup_height"):
         start(model_path=str(model_path), warmup_width=64)
-
-
-def test_message_filters_option_without_the_package_warns_and_pairs(ros, model_path):
-    from cldyn_ros.ros.node_io import HAVE_MESSAGE_FILTERS
-
-    if HAVE_MESSAGE_FILTERS:
-        pytest.skip("message_filters is installed here: the option uses it")
-    ros.fusion_node(model_path, use_message_filters=True, diagnostics_period=0.2)
-    h = ros.harness()
-    h.wait_connected()
-    thermal, colour = sample_frames()
-    h.fuse(thermal, colour)  # the built-in pairer serves
-    status = h.wait_for(lambda: next((s for s in h.diagnostics_of_node()
-                                      if "message_filters" in s.message), None))
-    assert status.level == DiagnosticStatus.WARN
-    assert "not installed" in status.message
 
 
 def test_missing_default_model_is_a_clear_start_error(ros):

@@ -7,7 +7,6 @@ over DDS on loopback, in this test run's ROS domain (see conftest.py).
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import stop_process
 
 from cldyn_ros.cli import main
 from cldyn_ros.offline.bag_eval import BagEvalSettings, evaluate_bag
@@ -59,12 +59,7 @@ def fusion_node(model_file: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     try:
         yield
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
         print(log.read_text()[-3000:])
 
 

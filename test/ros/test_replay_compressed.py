@@ -18,6 +18,7 @@ import pytest
 pytestmark = pytest.mark.ros
 pytest.importorskip("rclpy")
 
+from helpers import stop_process  # noqa: E402
 from ros_helpers import ros_env  # noqa: E402
 
 from cldyn_ros.offline.bags import (  # noqa: E402
@@ -114,7 +115,6 @@ def test_compressed_bag_through_the_live_node_matches_eval_bag(tmp_path: Path) -
     compressed transport on both inputs: pairs fused, a fused/<task>/camera_info with each
     fused image, and the images those of `cldyn eval bag` on the same bag."""
     import os
-    import signal
     import subprocess
     import sys
 
@@ -152,12 +152,7 @@ def test_compressed_bag_through_the_live_node_matches_eval_bag(tmp_path: Path) -
         live = replay_bag(bag, ReplaySettings(thermal, rgb, metrics=("EN",), progress=False,
                                               settle_s=1.5), tmp_path / "live")
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
     print(log.read_text()[-2000:])
     info = live["live"]
     assert info["pairs_offline"] == 15 and info["published_camera_info"] == 45  # both cameras
