@@ -41,7 +41,9 @@ def test_roadscene_closed_loop_recipe_trains_on_the_task_networks_training_pairs
     assert values["vfn"] == "models/cldyn_default.pt" and values["fidelity_weight"] > 0
     assert [t["name"] for t in values["tasks"]] == list(ROADSCENE_TASKS)
     for t in values["tasks"]:
-        assert t["network"]["weights"] == f"runs/tasks/{t['name']}.pt"
+        weights = t["network"]["weights"]
+        assert weights == f"models/task_{t['name']}.pt"  # the shipped networks
+        assert (REPO / weights).is_file()
         assert t["data"]["names"] == "runs/tasks/cache/train.txt"
         assert t["val"]["names"] == "runs/tasks/cache/val.txt"
         assert "roadscene" in t["data"]["ir"]
