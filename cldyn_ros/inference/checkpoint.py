@@ -110,7 +110,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
             # weights_only refuses arbitrary classes: such a file is not one of ours.
             raise CheckpointError(path, "contains objects other than weights and metadata "
                                   "(not a cldyn_ros checkpoint, or unsafe)") from e
-        raise CheckpointError(path, f"truncated or corrupt ({_first_line(e)})") from e
+        raise CheckpointError(path, f"truncated or corrupt ({first_line(e)})") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(path, f"not a {FORMAT} file")
     version = payload.get("format_version")
@@ -125,7 +125,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         model = CLDyN(config)
         model.load_state_dict(payload["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise CheckpointError(path, f"incompatible weights ({_first_line(e)})") from e
+        raise CheckpointError(path, f"incompatible weights ({first_line(e)})") from e
     raw_vectors = payload.get("task_vectors", {})
     if not isinstance(raw_vectors, dict):
         raise CheckpointError(path, "task vectors are malformed (not a mapping)")
@@ -156,6 +156,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
                        path=path)
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type name when it has none)."""
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__

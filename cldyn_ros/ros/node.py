@@ -6,7 +6,7 @@ Wiring only: ROS messages in and out of the ROS-free frame pipeline
     thermal/image[/compressed] ─┐ frame_input.receive   FramePipeline.add
                                 ├─> (raw: checked view) ─> (pairing, time-jump reset) ─┐
     rgb/image[/compressed] ─────┘                                                    v
-    fused/image + camera_info <── FramePipeline.fuse <── frame_input.convert_pair <── worker
+    fused/image + camera_info <── FramePipeline.fuse_received (convert, fuse) <── worker
     fused/<task>/image, ~/metrics, /diagnostics                   (newest pair only)
 
 Subscription callbacks only check and pair (never block); decoding and inference run in one
@@ -22,35 +22,32 @@ A model that cannot be loaded at start (``autostart``) is fatal: the node logs w
 from __future__ import annotations
 
 import contextlib
-import functools
 import signal
 import sys
 import threading
 import time
-import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos_overriding_options import InvalidQosOverridesError
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
-from ..inference.checkpoint import CheckpointError
-from ..streams.camera_info import CameraInfoData, fused_camera_info
-from ..streams.demand import OutputDemand
+from ..inference.checkpoint import CheckpointError, first_line
+from ..inference.engine import FusionEngine
+from ..streams.camera_info import CameraInfoData
 from ..streams.detections import detection_feedback
-from ..streams.frame_input import FrameConversionError, ReceivedImage, convert_pair, receive
-from ..streams.image_msgs import numpy_to_image, stamp_to_ns
+from ..streams.frame_input import FrameConversionError, receive
+from ..streams.image_msgs import stamp_to_ns
 from ..streams.pairing import Frame, Pair
 from ..streams.pipeline import FramePipeline, Status, engine_from_settings
 from ..streams.settings import (
@@ -67,13 +64,14 @@ from ..streams.settings import (
     settings_from_values,
 )
 from ..streams.worker import LatestPairWorker
+from .lifecycle import refuse_unavailable_transitions, transition
 from .node_io import (
     FEEDBACK_TOPIC,
-    LEVELS,
+    diagnostic_array,
     free_device_memory,
-    kv,
     make_feedback_subscriptions,
     make_image_inputs,
+    output_messages,
     output_publishers,
     resolve_topic,
 )
@@ -129,12 +127,7 @@ class StartupError(RuntimeError):
     """The node cannot start (model, device or parameters); the message says why."""
 
 
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
-
-
-def _load_engine(s: FusionSettings):
+def _load_engine(s: FusionSettings) -> FusionEngine:
     model_path = s.model_path
     if not model_path:
         from ..paths import default_model_path
@@ -152,19 +145,11 @@ def _load_engine(s: FusionSettings):
         raise StartupError(f"cannot start the fusion engine: {e}") from None
 
 
-def _transition(method: Callable[..., TransitionCallbackReturn]):
-    """A lifecycle callback whose unexpected exception is logged with its reason and kept
-    in ``transition_error`` (rclpy would turn it into a silent ERROR)."""
-    @functools.wraps(method)
-    def run(self: FusionNode, state: State) -> TransitionCallbackReturn:
-        try:
-            return method(self, state)
-        except Exception as e:
-            self.transition_error = f"{method.__name__[3:]} failed: {type(e).__name__}: " \
-                                    f"{_first_line(e)}"
-            self.get_logger().error(self.transition_error + "\n" + traceback.format_exc())
-            return TransitionCallbackReturn.ERROR
-    return run
+def task_selected_message(task: str, s: FusionSettings) -> str:
+    """The ``select_task`` service's answer once ``task`` is the active task."""
+    note = (f" (note: 'tasks' is set, outputs go to fused/<task>/image for {list(s.tasks)})"
+            if s.tasks else "")
+    return f"active task: {task}{note}"
 
 
 # ---------------------------------------------------------------------------------- node
@@ -183,7 +168,7 @@ class FusionNode(LifecycleNode):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
-        self._refuse_unavailable_transitions()
+        refuse_unavailable_transitions(self)
         self._lock = threading.RLock()  # parameter values, task publishers
         self._publish_lock = threading.Lock()
         self._closed = False
@@ -194,7 +179,6 @@ class FusionNode(LifecycleNode):
         self._outputs: dict[str, tuple[Any, Any]] = {}  # label -> (image, camera_info) pubs
         self._active_entities: list[Any] = []  # subscriptions and services while active
         self._color_info: CameraInfoData | None = None
-        self._float_warned = False
         self.transition_error = ""
         try:
             self._values = declare_parameters(self)
@@ -207,37 +191,13 @@ class FusionNode(LifecycleNode):
                 if trigger() != TransitionCallbackReturn.SUCCESS:
                     self._fail_start(self.transition_error or "the start transitions failed")
 
-    def _refuse_unavailable_transitions(self) -> None:
-        """Answer ``~/change_state`` for a transition the current state lacks with failure.
-
-        rclpy 7 (Jazzy) raises out of the service callback there instead of answering, and
-        the exception ends the executor's spin: the caller waits in vain and the node stops.
-        """
-        service = getattr(self, "_service_change_state", None)
-        if service is None:  # no lifecycle services (enable_communication_interface=False)
-            return
-        change_state = service.callback
-
-        def checked(request: Any, response: Any) -> Any:
-            transition = request.transition
-            if not transition.label and transition.id not in {
-                    t[0] for t in self._state_machine.available_transitions}:
-                state = self._state_machine.current_state[1]
-                self.get_logger().error(
-                    f"transition {transition.id} is not available in state '{state}'")
-                response.success = False
-                return response
-            return change_state(request, response)
-
-        service.callback = checked
-
     def _fail_start(self, reason: str) -> None:
         self._closed = True
         super().destroy_node()
         raise StartupError(reason)
 
     # -------------------------------------------------------------- lifecycle
-    @_transition
+    @transition
     def on_configure(self, state: State) -> TransitionCallbackReturn:
         try:  # everything but the task names before the (slow) model load
             engine = _load_engine(FusionSettings.from_values(self._values))
@@ -248,64 +208,60 @@ class FusionNode(LifecycleNode):
             self.get_logger().error(f"cannot configure: {self.transition_error}")
             return TransitionCallbackReturn.FAILURE
         self.engine = engine
-        self.pipeline = FramePipeline(
-            engine, s, self.get_name(), on_error=self._on_pipeline_error,
-            on_info=self.get_logger().info,
-        )
-        self.demand = OutputDemand()
+        log = self.get_logger()
+        self.pipeline = FramePipeline(engine, s, self.get_name(), on_error=self._on_pipeline_error,
+                                      on_info=log.info, on_warning=log.warning)
         self._outputs["fused"] = output_publishers(self, FUSED_TOPIC)
         for task in s.tasks:
             self._task_publisher(task)
         self._metrics_pub = self.create_publisher(DiagnosticArray, METRICS_TOPIC, 10)
         self._timer = self.create_timer(s.diagnostics_period, self._on_timer,
                                         callback_group=MutuallyExclusiveCallbackGroup())
-        self._warm_up(s)
+        done, text = self.pipeline.warm_up()  # a failure was logged as a warning
+        if done:
+            log.info(text)
         return TransitionCallbackReturn.SUCCESS
 
-    @_transition
+    @transition
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         s = self.settings
         self.worker = LatestPairWorker(self._process, name="cldyn-fusion-worker",
                                        on_error=self._on_worker_error)
         self.worker.start()
+        topics = {"thermal": (THERMAL_TOPIC, s.thermal_transport),
+                  "color": (RGB_TOPIC, s.rgb_transport)}
         try:
-            self._make_inputs(s)
+            self._active_entities += make_image_inputs(self, topics, self._on_image)
         except (RuntimeError, ValueError, InvalidQosOverridesError) as e:  # a bad override
             self.transition_error = f"cannot subscribe: {e}"
             self.get_logger().error(self.transition_error)
             self._stop_inputs()
             return TransitionCallbackReturn.FAILURE
-        for entity in make_feedback_subscriptions(self, self._on_feedback, self._on_detections,
-                                                  self._on_camera_info, self._rgb_base()):
-            self._active_entities.append(entity)
+        self._active_entities += make_feedback_subscriptions(
+            self, self._on_feedback, self._on_detections, self._on_camera_info,
+            resolve_topic(self, RGB_TOPIC))
         # Last: the services' appearance in the ROS graph tells tools the node is ready.
         for task in self.engine.task_names:
             if not TASK_TOKEN.fullmatch(task):
-                self._warn(f"task '{task}' cannot name a service: no select_task service")
+                self.pipeline.warn(f"task '{task}' cannot name a service: no select_task service")
                 continue
             self._active_entities.append(self.create_service(
                 Trigger, SELECT_TASK_SERVICE.format(task=task), partial(self._on_select_task, task)
             ))
-        self.get_logger().info(
-            f"ready: model {self.engine.loaded.path} on {self.engine.device} "
-            f"(precision {self.engine.precision}, internal_scale "
-            f"{self.engine.internal_scale:g}, threads {s.threads or 'default'}); "
-            f"tasks {self.engine.task_names}; "
-            f"output {s.active_label}"
-        )
+        self.get_logger().info(f"ready: {self.pipeline.describe()}")
         return TransitionCallbackReturn.SUCCESS
 
-    @_transition
+    @transition
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
         self._stop_inputs()
         return TransitionCallbackReturn.SUCCESS
 
-    @_transition
+    @transition
     def on_cleanup(self, state: State) -> TransitionCallbackReturn:
         self._release()
         return TransitionCallbackReturn.SUCCESS
 
-    @_transition
+    @transition
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
         self._stop_inputs()
         self._release()
@@ -313,9 +269,7 @@ class FusionNode(LifecycleNode):
 
     def on_error(self, state: State) -> TransitionCallbackReturn:
         self.get_logger().error(f"a transition failed in state '{state.label}': resetting")
-        self._stop_inputs()
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
+        return self.on_shutdown(state)
 
     def _stop_inputs(self) -> None:
         """Deactivate: no more input, the worker finishes its frame, cached GPU memory freed."""
@@ -335,43 +289,14 @@ class FusionNode(LifecycleNode):
             self.destroy_timer(self._timer)
             self._timer = None
         with self._lock:
-            for pubs in self._outputs.values():
-                for pub in pubs:
-                    self.destroy_publisher(pub)
+            for pub in [p for pubs in self._outputs.values() for p in pubs]:
+                self.destroy_publisher(pub)
             self._outputs.clear()
         if self.pipeline is not None:
             self.destroy_publisher(self._metrics_pub)
         device = getattr(self.engine, "device", None)
         self.engine, self.pipeline, self._color_info = None, None, None
         free_device_memory(device, release=True)
-
-    # ------------------------------------------------------------------ set-up
-    def _warm_up(self, s: FusionSettings) -> None:
-        """Fuse one blank frame of the configured warm-up size with the start requests."""
-        if not (s.warmup_width and s.warmup_height):
-            return
-        started = time.monotonic()
-        try:
-            self.engine.warm_up(s.warmup_height, s.warmup_width, self.pipeline.requests(s, {}))
-        except RuntimeError as e:  # out of memory at this size: serve anyway, say so
-            self._warn(f"warm-up at {s.warmup_width}x{s.warmup_height} failed: "
-                       f"{_first_line(e)}")
-            return
-        self.get_logger().info(f"warmed up at {s.warmup_width}x{s.warmup_height} in "
-                               f"{time.monotonic() - started:.2f} s")
-
-    def _rgb_base(self) -> str:
-        return resolve_topic(self, RGB_TOPIC)
-
-    def _make_inputs(self, s: FusionSettings) -> None:
-        topics = {"thermal": (THERMAL_TOPIC, s.thermal_transport),
-                  "color": (RGB_TOPIC, s.rgb_transport)}
-        self._active_entities += make_image_inputs(self, topics, self._on_image)
-
-    def _warn(self, text: str) -> None:
-        self.get_logger().warning(text)
-        if self.pipeline is not None:
-            self.pipeline.warnings.append(text)
 
     # -------------------------------------------------------------- parameters
     @property
@@ -387,21 +312,17 @@ class FusionNode(LifecycleNode):
             values = changed_values(self._values, params)
             pipeline = self.pipeline
             try:
-                settings = FusionSettings.from_values(
-                    values, None if pipeline is None else self.engine.task_names)
+                if pipeline is None:  # not configured: checked again at configure
+                    FusionSettings.from_values(values)
+                else:
+                    old = pipeline.settings
+                    settings = pipeline.update_values(values)
+                    for task in settings.tasks:  # subscribers can connect before a frame
+                        self._task_publisher(task)
             except ValueError as e:
-                if pipeline is not None:
-                    pipeline.rejections.add("parameters")
                 return SetParametersResult(successful=False, reason=str(e))
-            if pipeline is None:  # not configured: checked again at configure
-                self._values = values
-                return SetParametersResult(successful=True)
-            old = pipeline.settings
             self._values = values
-            pipeline.update(settings)
-            for task in settings.tasks:  # subscribers can connect before the first frame
-                self._task_publisher(task)
-        if settings.active_label != old.active_label:
+        if pipeline is not None and settings.active_label != old.active_label:
             self.get_logger().info(f"output now: {settings.active_label}")
         return SetParametersResult(successful=True)
 
@@ -411,36 +332,24 @@ class FusionNode(LifecycleNode):
             Parameter("task_weights", Parameter.Type.STRING_ARRAY, []),
         ])
         response.success = bool(result.successful)
-        if result.successful:
-            response.message = f"active task: {task}"
-            if self.settings.tasks:
-                response.message += (
-                    f" (note: 'tasks' is set, outputs go to fused/<task>/image for "
-                    f"{list(self.settings.tasks)})"
-                )
-        else:
-            response.message = f"cannot select task '{task}': {result.reason}"
+        response.message = (task_selected_message(task, self.settings) if result.successful
+                            else f"cannot select task '{task}': {result.reason}")
         return response
 
     # ------------------------------------------------------------------ inputs
-    def _receive(self, role: str, msg: Any) -> ReceivedImage | None:
-        try:
-            return receive(role, msg)
-        except FrameConversionError as e:
-            self.pipeline.error("input", str(e), e.cause)
-            return None
-
     def _on_image(self, role: str, msg: Any) -> None:
-        worker = self.worker
+        worker, pipeline = self.worker, self.pipeline
         if self._closed or worker is None:
             return
         arrival = time.monotonic_ns()
-        self.pipeline.received()
-        image = self._receive(role, msg)
-        if image is None:
+        pipeline.received()
+        try:
+            image = receive(role, msg)
+        except FrameConversionError as e:
+            pipeline.error("input", str(e), e.cause)
             return
         frame = Frame(stamp_to_ns(msg.header.stamp), image, msg.header.frame_id, arrival)
-        for pair in self.pipeline.add(role, frame):
+        for pair in pipeline.add(role, frame):
             if self._wanted():
                 worker.submit((pair, time.monotonic_ns()))
 
@@ -449,7 +358,7 @@ class FusionNode(LifecycleNode):
         with self._lock:
             pubs = [p for pair in self._outputs.values() for p in pair]
         subscribed = any(p.get_subscription_count() for p in [*pubs, self._metrics_pub])
-        admitted, changed = self.demand.admit(subscribed)
+        admitted, changed = self.pipeline.demand.admit(subscribed)
         if changed:
             self.get_logger().info("fusion resumed: an output has a subscriber" if admitted
                                    else "fusion paused: no subscriber to any output")
@@ -466,46 +375,28 @@ class FusionNode(LifecycleNode):
         """Worker thread: decode and fuse one pair; publish images, camera_info, metrics."""
         received, decided = item
         pipeline = self.pipeline
-        if self._closed or pipeline is None:
-            return
-        try:
-            pair = convert_pair(received)
-        except FrameConversionError as e:
-            pipeline.error("input", str(e), e.cause)
-            return
-        self._check_float_thermal(pair.thermal.data.array)
-        out = pipeline.fuse(pair)
+        out = None if self._closed or pipeline is None else pipeline.fuse_received(received)
         if out is None:
             return
-        s, header, info = out.settings, pair.color.data.header, self._color_info
+        header = out.pair.color.data.header
         with self._publish_lock:
             if self._closed:
                 return
-            for label, img in out.images.items():
-                image_pub, info_pub = self._outputs["fused"] if not s.tasks \
-                    else self._task_publisher(label)
-                self._safe_publish(image_pub,
-                                   numpy_to_image(img, s.output_encoding, Image(), header=header))
+            for label, image, info in output_messages(out, header, self._color_info):
+                image_pub, info_pub = self._task_publisher(label) if out.settings.tasks \
+                    else self._outputs["fused"]
+                self._safe_publish(image_pub, image)
                 if info is not None:
-                    self._safe_publish(info_pub, fused_camera_info(info, *img.shape[:2]).fill(
-                        CameraInfo(), header=header))
-        done = time.monotonic_ns()
+                    self._safe_publish(info_pub, info)
         worker = self.worker
         statuses = pipeline.finish(
-            out, decided, done, self.get_clock().now().nanoseconds,
+            out, decided, time.monotonic_ns(), self.get_clock().now().nanoseconds,
             {"dropped": worker.dropped if worker else 0,
              "processed": worker.processed if worker else 0},
         )
-        msg = DiagnosticArray(header=Header(stamp=header.stamp, frame_id=header.frame_id),
-                              status=[self._status_msg(st) for st in statuses])
-        self._safe_publish(self._metrics_pub, msg)
-
-    def _check_float_thermal(self, thermal: Any) -> None:
-        if (not self._float_warned and thermal.dtype.kind == "f"
-                and self.settings.thermal_mode == "fixed"):
-            self._float_warned = True
-            self._warn("float (32FC1) thermal frames with thermal_mode 'fixed' are clipped to "
-                       "[0, 1]: use 'auto' or 'percentile' for temperatures")
+        header = Header(stamp=header.stamp, frame_id=header.frame_id)
+        self._safe_publish(self._metrics_pub,
+                           diagnostic_array(statuses, str(self.engine.device), header))
 
     def _task_publisher(self, task: str) -> tuple[Any, Any]:
         with self._lock:
@@ -514,10 +405,6 @@ class FusionNode(LifecycleNode):
                 pubs = output_publishers(self, TASK_TOPIC.format(task=task))
                 self._outputs[f"task:{task}"] = pubs
             return pubs
-
-    def pairing_stats(self) -> dict[str, int]:
-        """Cumulative pairing counters (over pairers replaced by parameter changes)."""
-        return self.pipeline.pairing_stats()
 
     # ---------------------------------------------------------------- feedback
     def _on_feedback(self, msg: DiagnosticArray) -> None:
@@ -534,28 +421,18 @@ class FusionNode(LifecycleNode):
             self._publish_diagnostics(self.pipeline.status("ERROR", reason, {}))
 
     def _on_worker_error(self, item: Any, exc: BaseException) -> None:
-        self.pipeline.error("fusion", f"fusion failed: {type(exc).__name__}: {_first_line(exc)}")
-
-    def _status_msg(self, st: Status) -> DiagnosticStatus:
-        return DiagnosticStatus(level=LEVELS[st.level], name=st.name, message=st.message,
-                                hardware_id=str(self.engine.device),
-                                values=[kv(k, v) for k, v in st.values])
+        self.pipeline.error("fusion", f"fusion failed: {type(exc).__name__}: {first_line(exc)}")
 
     def _on_timer(self) -> None:
         pipeline, worker = self.pipeline, self.worker
-        if self._closed or pipeline is None:
-            return
-        status = pipeline.health_status(self.settings.diagnostics_period,
-                                        worker.dropped if worker else 0)
-        status.values.extend(self.demand.values())
-        if self.demand.paused and status.level == "OK":
-            status = replace(status, message="paused: no subscriber to any output")
-        self._publish_diagnostics(status)
+        if not self._closed and pipeline is not None:
+            self._publish_diagnostics(pipeline.health_status(
+                pipeline.settings.diagnostics_period, worker.dropped if worker else 0))
 
     def _publish_diagnostics(self, status: Status) -> None:
-        msg = DiagnosticArray(status=[self._status_msg(status)])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self._safe_publish(self._diag_pub, msg)
+        header = Header(stamp=self.get_clock().now().to_msg())
+        self._safe_publish(self._diag_pub,
+                           diagnostic_array([status], str(self.engine.device), header))
 
     def _safe_publish(self, publisher: Any, msg: Any) -> None:
         if self._closed:

@@ -1,5 +1,6 @@
 """The fusion node's ROS plumbing that is not the node itself: topic names of transports,
-input and feedback subscriptions, QoS profiles, diagnostics values, device memory.
+input and feedback subscriptions, QoS profiles, output and diagnostics messages, device
+memory.
 
 Kept apart so :mod:`cldyn_ros.ros.node` stays the wiring of the life cycle.
 """
@@ -7,7 +8,7 @@ Kept apart so :mod:`cldyn_ros.ros.node` stays the wiring of the life cycle.
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import Any
 
@@ -24,7 +25,9 @@ from rclpy.qos import (
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from ..streams.camera_info import camera_info_topic
+from ..streams.camera_info import CameraInfoData, camera_info_topic, fused_camera_info
+from ..streams.image_msgs import numpy_to_image
+from ..streams.pipeline import FrameOutput, Status
 
 try:  # vision_msgs: optional (a ROS distro has it; no wheel on PyPI)
     from vision_msgs.msg import Detection2DArray
@@ -33,7 +36,8 @@ except ImportError:  # pragma: no cover - depends on the installation
 
 __all__ = [
     "DETECTIONS_TOPIC", "FEEDBACK_TOPIC", "LEVELS", "QOS_OVERRIDES",
-    "Detection2DArray", "free_device_memory", "input_qos", "input_qos_overrides",
+    "Detection2DArray", "diagnostic_array", "free_device_memory", "input_qos",
+    "input_qos_overrides", "output_messages",
     "input_topic", "input_type", "kv", "make_feedback_subscriptions", "make_image_inputs",
     "output_publishers", "output_qos", "qos_override_name", "resolve_topic", "ros_args",
 ]
@@ -59,6 +63,22 @@ def kv(key: str, value: Any) -> KeyValue:
     return KeyValue(key=key, value=text)
 
 
+def diagnostic_array(statuses: Iterable[Status], hardware_id: str, header: Any) -> DiagnosticArray:
+    """The message of pipeline statuses (``header``: the frame's, or one stamped now)."""
+    return DiagnosticArray(header=header, status=[
+        DiagnosticStatus(level=LEVELS[st.level], name=st.name, message=st.message,
+                         hardware_id=hardware_id, values=[kv(k, v) for k, v in st.values])
+        for st in statuses])
+
+
+def output_messages(out: FrameOutput, header: Any, info: CameraInfoData | None
+                    ) -> Iterator[tuple[str, Image, CameraInfo | None]]:
+    """``(label, fused Image, its CameraInfo or None)`` per output of a fused frame, with the
+    colour frame's ``header`` (stamp and frame id) and the colour ``info`` scaled to size."""
+    for label, img in out.images.items():
+        yield (label, numpy_to_image(img, out.settings.output_encoding, Image(), header=header),
+               None if info is None
+               else fused_camera_info(info, *img.shape[:2]).fill(CameraInfo(), header=header))
 
 
 def input_qos() -> QoSProfile:

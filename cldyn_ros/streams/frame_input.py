@@ -27,14 +27,24 @@ from .image_convert import (
 )
 from .image_msgs import ImageMessageError, image_to_numpy
 from .pairing import Pair
-from .pipeline import InputImage
 
-__all__ = ["ROLE_NAMES", "FrameConversionError", "ReceivedImage", "convert", "convert_pair",
-           "receive"]
+__all__ = ["ROLE_NAMES", "FrameConversionError", "InputImage", "ReceivedImage", "convert",
+           "convert_pair", "receive"]
 
 _THERMAL_ENCODING_OF = {"uint8": "mono8", "uint16": "mono16", "float32": "32FC1"}
 #: Stream role -> the word used in messages and rejection causes.
 ROLE_NAMES = {"thermal": "thermal", "color": "colour"}
+
+
+@dataclass(frozen=True)
+class InputImage:
+    """Payload of a pairing :class:`~cldyn_ros.streams.pairing.Frame`: the pixels, their
+    encoding and an opaque header carried to the output (a ROS header in the node)."""
+
+    array: np.ndarray
+    encoding: str
+    header: Any = None
+    decode_ms: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,12 @@ import numpy as np
 import torch
 
 from ..imaging.registration import Registration
-from ..inference.checkpoint import NO_TASK
+from ..inference.checkpoint import NO_TASK, first_line
 from ..inference.engine import FusionEngine, FusionResult, InputError, TaskError, TaskRequest
 from ..metrics import FAST_METRICS, fusion_metrics
 from .controller import ScoreAverager, StrengthController
+from .demand import OutputDemand
+from .frame_input import FrameConversionError, InputImage, convert_pair
 from .pairing import ApproximateTimePairer, Frame, Pair, PairingStats
 from .rejections import RejectionCounter
 from .settings import FusionSettings
@@ -44,17 +46,6 @@ _NS = 1_000_000_000
 FRAME_MEMORY = 256
 #: Least time between two immediate error reports (the periodic report repeats them).
 ERROR_REPORT_INTERVAL_S = 0.2
-
-
-@dataclass(frozen=True)
-class InputImage:
-    """Payload of a pairing :class:`~cldyn_ros.streams.pairing.Frame`: the pixels, their
-    encoding and an opaque header carried to the output (a ROS header in the node)."""
-
-    array: np.ndarray
-    encoding: str
-    header: Any = None
-    decode_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -122,11 +113,6 @@ def _constant(array: np.ndarray) -> bool:
     return bool(array.size) and array.min() == array.max()
 
 
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
-
-
 def _add_stats(a: PairingStats, b: PairingStats) -> PairingStats:
     da, db = a.as_dict(), b.as_dict()
     return PairingStats(**{k: da[k] + db[k] for k in da})
@@ -142,6 +128,7 @@ class FramePipeline:
         on_error: called with ``(reason, report_now)`` for every error; ``report_now`` is
             true at most every 0.2 s (an immediate health report is due).
         on_info: called with notable events (a pairing restart).
+        on_warning: called with each standing warning (see :meth:`warn`).
         configure_engine: apply the settings' thermal and registration options to the
             engine now (the node); ``False`` leaves the engine as the caller configured it
             until the settings change.
@@ -150,11 +137,13 @@ class FramePipeline:
     def __init__(self, engine: FusionEngine, settings: FusionSettings, name: str = "",
                  on_error: Callable[[str, bool], None] | None = None,
                  on_info: Callable[[str], object] | None = None,
+                 on_warning: Callable[[str], object] | None = None,
                  configure_engine: bool = True) -> None:
         self.engine = engine
         self.name = name
         self._on_error = on_error or (lambda reason, now: None)
         self._on_info = on_info or (lambda text: None)
+        self._on_warning = on_warning or (lambda text: None)
         self._lock = threading.RLock()  # settings, pairer, loops, frame memory
         self._health_lock = threading.Lock()
         self._settings = settings
@@ -185,11 +174,26 @@ class FramePipeline:
         self.last_error = ""
         #: Standing warnings (configuration), repeated in every health report.
         self.warnings: list[str] = []
+        self._float_warned = False
+        #: Fusion on demand: whether any output has a subscriber (the node asks per pair).
+        self.demand = OutputDemand()
 
     # --------------------------------------------------------------- settings
     @property
     def settings(self) -> FusionSettings:
         return self._settings
+
+    def update_values(self, values: Mapping[str, Any]) -> FusionSettings:
+        """Validate ``values`` (parameter name -> value) against the schema and the engine's
+        tasks and :meth:`update` to them; ValueError (counted as a ``parameters``
+        rejection) when they are invalid."""
+        try:
+            settings = FusionSettings.from_values(values, self.engine.task_names)
+        except ValueError:
+            self.rejections.add("parameters")
+            raise
+        self.update(settings)
+        return settings
 
     def update(self, settings: FusionSettings) -> None:
         """New settings from the next frame: a new pairer when pairing changed (its counts
@@ -293,6 +297,51 @@ class FramePipeline:
         return [engine.request(s.task, strengths.get(s.task, strength), label="fused")]
 
     # ------------------------------------------------------------------ fusion
+    def warm_up(self) -> tuple[bool, str]:
+        """Fuse one blank frame of the configured warm-up size with the start requests:
+        ``(done, what to log)``; a failure (out of memory at this size) is a warning."""
+        s = self._settings
+        if not (s.warmup_width and s.warmup_height):
+            return True, "no warm-up (warmup_width or warmup_height is 0)"
+        size = f"{s.warmup_width}x{s.warmup_height}"
+        started = time.monotonic()
+        try:
+            self.engine.warm_up(s.warmup_height, s.warmup_width, self.requests(s, {}))
+        except RuntimeError as e:
+            text = f"warm-up at {size} failed: {first_line(e)}"
+            self.warn(text)
+            return False, text
+        return True, f"warmed up at {size} in {time.monotonic() - started:.2f} s"
+
+    def describe(self) -> str:
+        """One line on the engine and the output, as the node logs it when ready."""
+        e, s = self.engine, self._settings
+        return (f"model {e.loaded.path} on {e.device} (precision {e.precision}, "
+                f"internal_scale {e.internal_scale:g}, threads {s.threads or 'default'}); "
+                f"tasks {e.task_names}; output {s.active_label}")
+
+    def warn(self, text: str) -> None:
+        """A standing warning: passed to ``on_warning`` and repeated in every health
+        report."""
+        self._on_warning(text)
+        self.warnings.append(text)
+
+    def fuse_received(self, pair: Pair) -> FrameOutput | None:
+        """Convert a pair of received images (:func:`~.frame_input.convert_pair`), then
+        :meth:`fuse` it; None when it cannot be used (counted and reported)."""
+        try:
+            pair = convert_pair(pair)
+        except FrameConversionError as e:
+            self.error("input", str(e), e.cause)
+            return None
+        thermal = pair.thermal.data.array
+        if (not self._float_warned and thermal.dtype.kind == "f"
+                and self._settings.thermal_mode == "fixed"):
+            self._float_warned = True
+            self.warn("float (32FC1) thermal frames with thermal_mode 'fixed' are clipped to "
+                      "[0, 1]: use 'auto' or 'percentile' for temperatures")
+        return self.fuse(pair)
+
     def fuse(self, pair: Pair) -> FrameOutput | None:
         """Fuse one pair of :class:`InputImage` frames; None when it failed (the error is
         counted and reported through ``on_error``)."""
@@ -325,7 +374,7 @@ class FramePipeline:
         except RuntimeError as e:  # CUDA out of memory, device errors, ...
             if self.engine.device.type == "cuda":
                 torch.cuda.empty_cache()
-            self.error("fusion", f"fusion failed: {_first_line(e)}")
+            self.error("fusion", f"fusion failed: {first_line(e)}")
             return None
         for text, cause in warnings:
             self.error("input", text, cause)  # fused anyway (finite output), but reported
@@ -555,7 +604,10 @@ class FramePipeline:
             )
         elif not ever:
             level, message = "OK", "waiting for thermal and colour images"
+        elif self.demand.paused:
+            level, message = "OK", "paused: no subscriber to any output"
         else:
             level, message = "OK", f"fusing {s.active_label}"
+        values.update(self.demand.values())
         return self.status(level, message, values)
 

@@ -94,8 +94,9 @@ def test_fusion_pauses_without_subscribers_and_resumes(ros, model_path):
     for _ in range(5):
         h.send_pair(thermal, colour)
         time.sleep(0.05)
-    _wait(lambda: node.demand.skipped >= 3)
-    assert node.pipeline.frames == 0 and node.demand.paused and node.demand.pauses == 1
+    _wait(lambda: node.pipeline.demand.skipped >= 3)
+    demand = node.pipeline.demand
+    assert node.pipeline.frames == 0 and demand.paused and demand.pauses == 1
     status = _wait(lambda: next((s for s in h.diagnostics_of_node()
                                  if status_values(s).get("paused_no_subscriber") == "true"),
                                 None))
@@ -108,4 +109,4 @@ def test_fusion_pauses_without_subscribers_and_resumes(ros, model_path):
                           QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
     _wait(lambda: h.count_publishers("/fused/image") == 1)
     _wait(lambda: (h.send_pair(thermal, colour), got)[1], timeout=20)
-    assert not node.demand.paused and node.pipeline.frames >= 1
+    assert not node.pipeline.demand.paused and node.pipeline.frames >= 1

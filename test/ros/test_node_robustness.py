@@ -295,7 +295,7 @@ def test_overload_drops_frames_and_latency_does_not_grow(ros, model_path):
     worker = node.worker
     assert worker.dropped > 0
     assert worker.submitted == worker.processed + worker.dropped
-    stats = node.pairing_stats()
+    stats = node.pipeline.pairing_stats()
     assert stats["pairs"] == worker.submitted  # every pair goes to the worker
     # Bounded queues and memory.
     assert pending_max[0] <= queue_size and pending_max[1] <= queue_size, pending_max

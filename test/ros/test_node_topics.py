@@ -69,12 +69,12 @@ def test_pairs_jittered_60hz_thermal_with_30hz_colour(ros, model_path):
         if delay > 0:
             time.sleep(delay)
         (h.rgb_pub if kind == "rgb" else h.thermal_pub).publish(msg)
-    h.wait_for(lambda: node.pairing_stats()["thermal_received"] == len(thermal)
-               and node.pairing_stats()["color_received"] == len(colour))
+    h.wait_for(lambda: node.pipeline.pairing_stats()["thermal_received"] == len(thermal)
+               and node.pipeline.pairing_stats()["color_received"] == len(colour))
     assert node.worker.wait_idle(20)
     time.sleep(0.3)  # the last outputs in flight
 
-    stats = node.pairing_stats()
+    stats = node.pipeline.pairing_stats()
     for key in ("color_received", "thermal_received", "pairs", "color_unmatched",
                 "out_of_order", "stale", "overflow"):
         assert stats[key] == expected[key], (key, stats, expected)
@@ -102,10 +102,10 @@ def test_pairs_jittered_60hz_thermal_with_30hz_colour(ros, model_path):
     last_thermal, last_colour = thermal[-1], max(colour)
     h.thermal_pub.publish(make_image(t_img, "mono8", last_thermal - NS // 100, "thermal"))
     h.thermal_pub.publish(make_image(t_img, "mono8", last_thermal + 3 * NS, "thermal"))
-    h.wait_for(lambda: node.pairing_stats()["thermal_received"] == len(thermal) + 2)
+    h.wait_for(lambda: node.pipeline.pairing_stats()["thermal_received"] == len(thermal) + 2)
     h.rgb_pub.publish(make_image(c_img, "rgb8", last_colour + NS // 30, "late"))
-    h.wait_for(lambda: node.pairing_stats()["color_received"] == len(colour) + 1)
-    stats = node.pairing_stats()
+    h.wait_for(lambda: node.pipeline.pairing_stats()["color_received"] == len(colour) + 1)
+    stats = node.pipeline.pairing_stats()
     assert stats["out_of_order"] == 1 and stats["stale"] == 1, stats
 
 

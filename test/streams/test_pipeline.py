@@ -9,7 +9,8 @@ import pytest
 from helpers import make_loaded, random_pair
 
 from cldyn_ros.inference.engine import FusionEngine
-from cldyn_ros.streams.pairing import Frame
+from cldyn_ros.streams.frame_input import ReceivedImage
+from cldyn_ros.streams.pairing import Frame, Pair
 from cldyn_ros.streams.pipeline import FramePipeline, InputImage
 from cldyn_ros.streams.settings import FusionSettings
 
@@ -141,3 +142,69 @@ def test_errors_and_health(engine: FusionEngine) -> None:
     pipeline.warnings.append("a standing warning")
     assert pipeline.health_status(1.0, 0).level == "ERROR"
     assert pipeline.health_status(1.0, 0).level == "WARN"  # errors are per window
+
+
+def received_pair(thermal: np.ndarray, thermal_encoding: str, stamp_ns: int = T0) -> Pair:
+    color = random_pair(24, 32, 1)[1]
+    return Pair(Frame(stamp_ns, ReceivedImage(color, "rgb8", "hdr"), "cam"),
+                Frame(stamp_ns, ReceivedImage(thermal, thermal_encoding), "ir"), 0)
+
+
+def test_fuse_received_converts_warns_once_on_float_thermal_and_rejects(
+        engine: FusionEngine) -> None:
+    warned: list[str] = []
+    pipeline = FramePipeline(engine, settings(thermal_mode="fixed"), on_warning=warned.append)
+    temperatures = random_pair(24, 32, 1)[0].astype(np.float32) / 255.0
+    for _ in range(2):
+        out = pipeline.fuse_received(received_pair(temperatures, "32FC1"))
+        assert out is not None and out.images["fused"].shape == (24, 32, 3)
+    assert len(warned) == 1 and "32FC1" in warned[0] and pipeline.warnings == warned
+    assert pipeline.health_status(1.0, 0).level == "WARN"  # a standing warning
+    two_channels = received_pair(np.zeros((24, 32, 2), np.uint8), "mono8")
+    assert pipeline.fuse_received(two_channels) is None
+    assert pipeline.rejections.counts() == {"thermal_invalid": 1}
+    assert "must be 1-channel" in pipeline.last_error
+
+
+def test_update_values_validates_against_the_engines_tasks(engine: FusionEngine) -> None:
+    pipeline = FramePipeline(engine, settings())
+    values = pipeline.settings.values()
+    assert pipeline.update_values(dict(values, task="segmentation")).task == "segmentation"
+    assert pipeline.settings.task == "segmentation"
+    with pytest.raises(ValueError, match="saliency"):  # not a task of this model
+        pipeline.update_values(dict(values, task="saliency"))
+    assert pipeline.settings.task == "segmentation"
+    assert pipeline.rejections.counts() == {"parameters": 1}
+
+
+def test_warm_up_and_its_failure_is_a_standing_warning(
+        engine: FusionEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    warned: list[str] = []
+    pipeline = FramePipeline(engine, settings(warmup_width=32, warmup_height=24),
+                             on_warning=warned.append)
+    done, text = pipeline.warm_up()
+    assert done and text.startswith("warmed up at 32x24 in ")
+    assert "on cpu" in pipeline.describe() and "output none" in pipeline.describe()
+
+    def out_of_memory(*args: object) -> None:
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+
+    monkeypatch.setattr(engine, "warm_up", out_of_memory)
+    done, text = pipeline.warm_up()
+    assert not done and text == "warm-up at 32x24 failed: CUDA out of memory. Tried to " \
+                                "allocate 2.00 GiB"
+    assert warned == [text] and pipeline.warnings == [text]
+    done, text = FramePipeline(engine, settings(warmup_width=0)).warm_up()
+    assert done and text.startswith("no warm-up")
+
+
+def test_health_reports_a_pause_for_want_of_subscribers(engine: FusionEngine) -> None:
+    pipeline = FramePipeline(engine, settings())
+    run(pipeline, T0)
+    pipeline.received()
+    assert pipeline.health_status(1.0, 0).message == "fusing none"
+    assert pipeline.demand.admit(False) == (False, True)
+    status = pipeline.health_status(1.0, 0)
+    assert status.message == "paused: no subscriber to any output"
+    values = dict(status.values)
+    assert values["paused_no_subscriber"] is True and values["skipped_pairs_no_subscriber"] == 1
