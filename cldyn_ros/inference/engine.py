@@ -50,7 +50,7 @@ from ..imaging.thermal import (
 )
 from ..model import rgb_to_ycbcr, ycbcr_to_rgb
 from .backend import DeviceError, FusionBackend, InputError, TaskError, TaskRequest
-from .checkpoint import NO_TASK, LoadedModel, load_checkpoint
+from .checkpoint import NO_TASK, LoadedModel, first_line, load_checkpoint
 from .fast import inference_copy
 from .reduced_scale import ReducedScaleFusion, check_internal_scale
 
@@ -545,7 +545,7 @@ class FusionEngine:
 
     def _recover(self, error, thermal, color, color_order, reqs, timings):
         """A device failure: free what we can; fuse on the fallback device or raise."""
-        self.last_device_error = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+        self.last_device_error = f"{type(error).__name__}: {first_line(error)}"
         if self.device.type == "cuda":
             with contextlib.suppress(Exception):
                 torch.cuda.empty_cache()

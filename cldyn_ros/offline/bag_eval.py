@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from .. import __version__
+from ..inference.checkpoint import first_line
 from ..inference.engine import FusionEngine
 from ..metrics import METRIC_NAMES, fusion_metrics
 from ..model import rgb_to_ycbcr
@@ -226,7 +227,7 @@ class ReportBuilder:
             except (ValueError, RuntimeError) as e:  # e.g. frames too small for VIF
                 self._failed_metrics.add(name)
                 self.warnings.append(f"metric {name} cannot be computed on these frames "
-                                     f"({str(e).splitlines()[0]}); left out")
+                                     f"({first_line(e)}); left out")
         i = 0
         for p, n in zip(batch, counts, strict=True):
             for j, task in enumerate(p.record["tasks"][:n]):
