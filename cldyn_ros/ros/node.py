@@ -314,15 +314,16 @@ class FusionNode(LifecycleNode):
             try:
                 if pipeline is None:  # not configured: checked again at configure
                     FusionSettings.from_values(values)
-                else:
-                    old = pipeline.settings
-                    settings = pipeline.update_values(values)
-                    for task in settings.tasks:  # subscribers can connect before a frame
-                        self._task_publisher(task)
+                    self._values = values
+                    return SetParametersResult(successful=True)
+                old = pipeline.settings
+                settings = pipeline.update_values(values)
             except ValueError as e:
                 return SetParametersResult(successful=False, reason=str(e))
             self._values = values
-        if pipeline is not None and settings.active_label != old.active_label:
+            for task in settings.tasks:  # subscribers can connect before the first frame
+                self._task_publisher(task)
+        if settings.active_label != old.active_label:
             self.get_logger().info(f"output now: {settings.active_label}")
         return SetParametersResult(successful=True)
 

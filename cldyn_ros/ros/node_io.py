@@ -37,9 +37,9 @@ except ImportError:  # pragma: no cover - depends on the installation
 __all__ = [
     "DETECTIONS_TOPIC", "FEEDBACK_TOPIC", "LEVELS", "QOS_OVERRIDES",
     "Detection2DArray", "diagnostic_array", "free_device_memory", "input_qos",
-    "input_qos_overrides", "output_messages",
-    "input_topic", "input_type", "kv", "make_feedback_subscriptions", "make_image_inputs",
-    "output_publishers", "output_qos", "qos_override_name", "resolve_topic", "ros_args",
+    "input_qos_overrides", "input_topic", "input_type", "kv", "make_feedback_subscriptions",
+    "make_image_inputs", "output_messages", "output_publishers", "output_qos",
+    "qos_override_name", "resolve_topic", "ros_args",
 ]
 
 FEEDBACK_TOPIC = "~/task_feedback"
